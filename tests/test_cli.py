@@ -40,3 +40,14 @@ def test_synth_bad_arguments_leave_nothing(tmp_path, args, msg):
     r = run('synth', '--out', str(tmp_path/'o'), *args, '--no-progress')
     assert r.returncode == 2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_synth_leaves_no_output(tmp_path):
+    import signal, time
+    out = tmp_path/'w'
+    p = subprocess.Popen([str(CLIPQ), 'synth', '--out', str(out), '-n', '200000', '--workers', '1', '--no-progress'],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    p.send_signal(signal.SIGTERM); p.wait(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []  # no half-written output, no temporary left behind
