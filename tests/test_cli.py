@@ -45,7 +45,7 @@ def test_synth_bad_arguments_leave_nothing(tmp_path, args, msg):
 def test_killed_synth_leaves_no_output(tmp_path):
     import signal, time
     out = tmp_path/'w'
-    p = subprocess.Popen([str(CLIPQ), 'synth', '--out', str(out), '-n', '200000', '--workers', '1', '--no-progress'],
+    p = subprocess.Popen([str(CLIPQ), 'synth', '--out', str(out), '-n', '200000', '--workers', '2', '--shard-size', '1000', '--no-progress'],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(3)
     p.send_signal(signal.SIGTERM); p.wait(timeout=60)
