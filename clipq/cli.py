@@ -60,6 +60,75 @@ def _synth(p):
               f"preview: {Path(meta['out'])/'preview.png'}")
     return run
 
+# %% ../nbs/10_cli.ipynb #57dc0bda
+@command('score', help='score every image-caption pair of tar shards with a CLIP model (one parquet per shard, resumable)',
+         description="Score every (image, caption) pair of webdataset tar shards - every candidate caption when a "
+         "sample has several (alt-text and synthetic captions) - with an open_clip model: cosine similarity and "
+         "CLIPScore (2.5*max(cos, 0), text prefixed by 'A photo depicts'), RefCLIPScore with --references. "
+         "Writes OUT/<shard>.parquet (key, caption_idx, source, cosine, clipscore) per shard, atomically, and "
+         "OUT/summary.json (pairs, speed, settings, bad samples by kind with shard and key). Running the same "
+         "command again resumes: complete shards are skipped. Without --pretrained or --checkpoint the model "
+         "is randomly initialised (scores are then meaningless).")
+def _score(p):
+    from clipq.scorer import CLIPSCORE_PREFIX
+    p.add_argument('shards', nargs='+', help='tar shards: paths, folders, globs, brace patterns (shard-{000000..000099}.tar), fsspec URLs')
+    p.add_argument('--model', required=True, help='open_clip model name (e.g. ViT-B-32) or path to an open_clip model config .json')
+    w = p.add_mutually_exclusive_group()
+    w.add_argument('--pretrained', metavar='TAG', help="released weights tag, downloaded by open_clip (e.g. 'openai'; needs network or cache)")
+    w.add_argument('--checkpoint', metavar='PATH', help='local weights: .safetensors or a torch state dict (e.g. a clipq-trained CLIP)')
+    p.add_argument('--out', required=True, help='output folder: one parquet per shard + summary.json')
+    p.add_argument('--batch-size', type=int, default=256, help='images per batch (default: %(default)s)')
+    p.add_argument('--workers', type=int, default=2, help='data-loading worker processes (default: %(default)s)')
+    p.add_argument('--device', default=None, help='torch device (default: cuda > mps > cpu, or $CLIPQ_DEVICE)')
+    p.add_argument('--prefix', default=CLIPSCORE_PREFIX, help="text prefix (default: %(default)r, as CLIPScore; '' for DataComp's plain CLIP score)")
+    p.add_argument('--references', metavar='PARQUET', help="reference captions (columns 'key', 'references'): adds refclipscore")
+    p.add_argument('--with-captions', action='store_true', help='also store the caption text in the score files')
+    p.add_argument('--overwrite', action='store_true', help='rescore shards that are already scored (also with other settings)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    def run(a):
+        from clipq.scorer import Scorer, score_shards, load_references
+        scorer = Scorer.from_name(a.model, pretrained=a.pretrained, checkpoint=a.checkpoint, device=a.device, prefix=a.prefix)
+        s = score_shards(a.shards, a.out, scorer, batch_size=a.batch_size, workers=a.workers,
+                         references=load_references(a.references) if a.references else None,
+                         with_captions=a.with_captions, overwrite=a.overwrite, progress=not a.no_progress)
+        print(f"scored {s['scored']} shards ({s['skipped_complete']} already complete) of {s['shards']}: {s['pairs_scored']} pairs "
+              f"of {s['images_scored']} images in {s['seconds']}s ({s['pairs_per_s']} pairs/s, {s['device']}, {s['autocast']})\n"
+              f"bad samples: {s['bad_samples_summary']}\nscores: {s['out']}")
+    return run
+
+# %% ../nbs/10_cli.ipynb #fbe57321
+@command('filter', help='select pairs from score files: threshold, top-k %% of the pool, best-of-K caption per image',
+         description="Select from the score files of 'clipq score': keep pairs whose score is at least --threshold, or "
+         "the top --top-percent of the whole pool (DataComp semantics: the fraction becomes one threshold over all "
+         "shards; ties at the cut are kept), optionally only captions of some --sources and/or only each image's "
+         "best caption (--best-of-k). Writes OUT, a parquet of key, caption_idx, source, score and shard that "
+         "'clipq train' and clipq.data.train_loader(keep=OUT) read; with --shards-out also new tar shards with the "
+         "kept samples, each narrowed to its kept captions.")
+def _filter(p):
+    p.add_argument('scores', help="folder of score parquets written by 'clipq score'")
+    p.add_argument('--out', required=True, help='selection parquet to write')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--threshold', type=float, help='keep pairs with score >= THRESHOLD')
+    g.add_argument('--top-percent', type=float, help='keep the best PERCENT %% of the pool (0-100]')
+    p.add_argument('--best-of-k', action='store_true', help="keep only each image's best caption (before the threshold / top-k %%)")
+    p.add_argument('--score', default='clipscore', choices=['cosine', 'clipscore', 'refclipscore'], help='score column (default: %(default)s)')
+    p.add_argument('--sources', help="comma-separated caption sources to consider, e.g. 'alt' (default: all)")
+    p.add_argument('--shards-out', metavar='DIR', help='also write the kept samples as new tar shards into DIR')
+    p.add_argument('--shard-size', type=int, default=1000, help='samples per new shard (default: %(default)s)')
+    p.add_argument('--overwrite', action='store_true', help='replace OUT / DIR if they exist')
+    def run(a):
+        from clipq.scorer import select, write_selection, write_selected_shards
+        sel = select(a.scores, score=a.score, threshold=a.threshold, top_percent=a.top_percent, best_of_k=a.best_of_k,
+                     sources=[s.strip() for s in a.sources.split(',') if s.strip()] if a.sources else None)
+        write_selection(sel, a.out, overwrite=a.overwrite)
+        t = sel.attrs['threshold']
+        print(f"kept {len(sel)} of {sel.attrs['pool']} {'images (best caption each)' if a.best_of_k else 'pairs'} "
+              f"({sel.key.nunique()} images; {a.score} threshold {'none' if t is None else format(t, '.4f')}) -> {a.out}")
+        if a.shards_out:
+            r = write_selected_shards(sel, a.shards_out, score_dir=a.scores, shard_size=a.shard_size, overwrite=a.overwrite)
+            print(f"wrote {r['samples']} samples in {r['shards']} shards -> {r['out']}")
+    return run
+
 # %% ../nbs/10_cli.ipynb #64bce427
 def build_parser() -> argparse.ArgumentParser:
     "The `clipq` argument parser with every registered subcommand."

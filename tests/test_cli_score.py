@@ -1,0 +1,133 @@
+"""End-to-end checks of `clipq score` and `clipq filter` as a user runs them: the installed command in a fresh
+process, a local checkpoint, interruption (SIGTERM, then SIGKILL) and resume, offline errors, and selection."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+CLIPQ = Path(sys.executable).parent/'clipq'
+N_SHARDS = 24
+TINY = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'layers': 2, 'width': 64, 'head_width': 32, 'patch_size': 8},
+        'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1}}
+
+
+def run(*args, env=None, **kw):
+    return subprocess.run([str(CLIPQ), *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    "A synthetic world in 24 small shards, a tiny model config and a checkpoint of it (seeded random weights)."
+    import torch
+    from clipq.synth import write_synth
+    from clipq.scorer import load_clip
+    d = tmp_path_factory.mktemp('score')
+    write_synth(d/'w', n=4*N_SHARDS, size=32, shard_size=4, val_fraction=0, workers=1, formats=('wds',), progress=False, preview=False)
+    (d/'tiny.json').write_text(json.dumps(TINY))
+    torch.manual_seed(0)
+    model, _, _ = load_clip(str(d/'tiny.json'))
+    torch.save({'state_dict': model.state_dict()}, d/'tiny.pt')
+    r = run('score', d/'w/train', '--model', d/'tiny.json', '--checkpoint', d/'tiny.pt', '--out', d/'ref',
+            '--workers', '0', '--batch-size', '3', '--no-progress')
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def scores(folder):
+    return {p.name: pd.read_parquet(p) for p in sorted(Path(folder).glob('*.parquet'))}
+
+
+def test_help():
+    r = run('score', '--help')
+    assert r.returncode == 0
+    for opt in ('--model', '--pretrained', '--checkpoint', '--out', '--batch-size', '--prefix', '--references', '--overwrite'): assert opt in r.stdout
+    assert 'resumes' in r.stdout and 'CLIPScore' in r.stdout
+    r = run('filter', '--help')
+    assert r.returncode == 0
+    for opt in ('--threshold', '--top-percent', '--best-of-k', '--sources', '--shards-out'): assert opt in r.stdout
+
+
+def test_score_output_matches_the_api(world):
+    "The command's rows equal the library's, computed on the same checkpoint."
+    from clipq.scorer import Scorer
+    from clipq.data import read_wds
+    ref = scores(world/'ref')
+    assert len(ref) == N_SHARDS
+    sc = Scorer.from_name(str(world/'tiny.json'), checkpoint=world/'tiny.pt')
+    df = sc.score_samples(read_wds(world/'w/train/shard-000005.tar'), batch_size=3)
+    got = ref['shard-000005.parquet']
+    assert list(got.columns) == ['key', 'caption_idx', 'source', 'cosine', 'clipscore']
+    assert (got.key.values == df.key.values).all() and (got.caption_idx.values == df.caption_idx.values).all()
+    assert abs(got.cosine.values - df.cosine.values).max() < 1e-5
+    summary = json.loads((world/'ref/summary.json').read_text())
+    assert summary['pairs_scored'] == 4*N_SHARDS*6 and summary['bad_samples']['problems'] == {}
+    assert summary['settings']['checkpoint'] == str((world/'tiny.pt').resolve())
+
+
+def _interrupt(cmd, out, sig, at_least):
+    "Start `cmd`, wait until `out` holds `at_least` score files, send `sig`; return (returncode, files then)."
+    p = subprocess.Popen([str(CLIPQ), *map(str, cmd)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while len(list(Path(out).glob('*.parquet'))) < at_least:
+        if p.poll() is not None: pytest.fail(f'run ended before it could be interrupted: {p.stderr.read()[-2000:]}')
+        if time.time() - t0 > 240: p.kill(); pytest.fail('no score file appeared within 240 s')
+        time.sleep(0.01)
+    p.send_signal(sig)
+    p.communicate(timeout=120)
+    return p.returncode, len(list(Path(out).glob('*.parquet')))
+
+
+def test_interrupted_runs_resume_to_exactly_the_same_rows(world):
+    out = world/'resumed'
+    cmd = ['score', world/'w/train/shard-{000000..000023}.tar', '--model', world/'tiny.json', '--checkpoint', world/'tiny.pt',
+           '--out', out, '--workers', '2', '--batch-size', '3', '--no-progress']
+    rc, n1 = _interrupt(cmd, out, signal.SIGTERM, 1)
+    assert rc == 128 + signal.SIGTERM and 1 <= n1 < N_SHARDS
+    assert not [p for p in out.iterdir() if '.tmp-' in p.name]          # SIGTERM unwinds: no temporary files left
+    rc, n2 = _interrupt(cmd, out, signal.SIGKILL, n1 + 1)
+    assert rc == -signal.SIGKILL and n1 < n2 < N_SHARDS
+    r = run(*cmd)
+    assert r.returncode == 0, r.stderr
+    assert f'({n2} already complete) of {N_SHARDS}' in r.stdout, r.stdout
+    got, ref = scores(out), scores(world/'ref')
+    assert list(got) == list(ref)
+    for name in ref: pd.testing.assert_frame_equal(got[name], ref[name], check_exact=True)
+    r = run(*cmd)                                                        # nothing left to do
+    assert r.returncode == 0 and f'scored 0 shards ({N_SHARDS} already complete)' in r.stdout
+
+
+def test_weights_errors_are_one_line(world, tmp_path):
+    env = {'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path/'hf'), 'XDG_CACHE_HOME': str(tmp_path/'cache')}
+    r = run('score', world/'w/train', '--model', 'ViT-B-32', '--pretrained', 'openai', '--out', tmp_path/'o', env=env)
+    assert r.returncode == 2 and 'could not obtain weights' in r.stderr and '--checkpoint' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
+    r = run('score', world/'w/train', '--model', 'ViT-B-32', '--checkpoint', world/'tiny.pt', '--out', tmp_path/'o')
+    assert r.returncode == 2 and 'does not fit the model' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    r = run('score', world/'w/train', '--model', 'ViT-B-32', '--pretrained', 'openai', '--checkpoint', world/'tiny.pt', '--out', tmp_path/'o')
+    assert r.returncode == 2 and 'not allowed with' in r.stderr
+    assert not (tmp_path/'o').exists() or not list((tmp_path/'o').glob('*.parquet'))
+
+
+def test_filter_end_to_end(world, tmp_path):
+    from clipq.data import read_wds, train_loader
+    from clipq.scorer import load_clip
+    r = run('filter', world/'ref', '--out', tmp_path/'sel.parquet', '--best-of-k', '--top-percent', '25',
+            '--shards-out', tmp_path/'kept', '--shard-size', '10')
+    assert r.returncode == 0, r.stderr
+    n_img = 4*N_SHARDS
+    assert f'kept {n_img//4} of {n_img} images' in r.stdout, r.stdout
+    sel = pd.read_parquet(tmp_path/'sel.parquet')
+    pool = pd.concat(scores(world/'ref').values()).groupby('key').clipscore.max()
+    assert set(sel.key) == set(pool.sort_values(ascending=False).index[:n_img//4])     # no ties with float scores
+    kept = list(read_wds(tmp_path/'kept'))
+    assert sorted(s.key for s in kept) == sorted(sel.key) and all(len(s.captions) == 1 for s in kept)
+    _, pre, tok = load_clip(str(world/'tiny.json'))
+    xb, tb = next(iter(train_loader(world/'w/train', pre, tok, batch_size=1000, workers=0, shuffle=0, keep=tmp_path/'sel.parquet', drop_last=False)))
+    assert len(xb) == n_img//4
+    # DataComp-style: alt-text only, a threshold
+    r = run('filter', world/'ref', '--out', tmp_path/'alt.parquet', '--sources', 'alt', '--threshold', '0', '--score', 'cosine')
+    assert r.returncode == 0, r.stderr
+    alt = pd.read_parquet(tmp_path/'alt.parquet')
+    assert set(alt.source) <= {'alt'} and (alt.cosine >= 0).all()
