@@ -94,6 +94,9 @@ def _score(p):
         print(f"scored {s['scored']} shards ({s['skipped_complete']} already complete) of {s['shards']}: {s['pairs_scored']} pairs "
               f"of {s['images_scored']} images in {s['seconds']}s ({s['pairs_per_s']} pairs/s, {s['device']}, {s['autocast']})\n"
               f"bad samples: {s['bad_samples_summary']}\nscores: {s['out']}")
+        if s['failed_shards']:
+            print(f"{len(s['failed_shards'])} shards could not be read and were not scored (run again to retry): "
+                  + ', '.join(s['failed_shards'][:5]))
     return run
 
 # %% ../nbs/10_cli.ipynb #fbe57321
