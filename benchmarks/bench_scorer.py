@@ -4,7 +4,10 @@ open_clip's `encode_image` / `encode_text` on the same model, the same shards an
 Both score every (image, caption) pair of every sample (K quality captions + the alt-text of the synthetic world),
 with CLIPScore's "A photo depicts" prefix, and must agree on the scores (checked). The plain loop decodes with
 webdataset in the main process and encodes each batch; clipq decodes/preprocesses/tokenises in DataLoader workers,
-encodes each image once per batch and writes one parquet per shard. Model creation is not timed.
+encodes each image once per batch, runs the causal text tower on length-sorted chunks cut after their end tokens,
+and writes one parquet per shard. Model creation is not timed. "Model busy" is the share of wall time spent in the
+model forward (timed around a forward that ends with a device-to-host copy): on a GPU, the share the data pipeline
+keeps the GPU fed; well below 100 % means the loader is the bottleneck.
 
     python benchmarks/bench_scorer.py                      # ViT-B-32 (random init), 128 synthetic images x 6 captions
     python benchmarks/bench_scorer.py --model ViT-B-16 --images 2048 --batch-size 256 --device cuda --workers 8
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 
 
-def plain_loop(urls, model, preprocess, tokenizer, batch_size, device, prefix):
+def plain_loop(urls, model, preprocess, tokenizer, batch_size, device, prefix, busy):
     "The baseline: webdataset decode in this process, open_clip encode_image/encode_text per batch, cosine per pair."
     import webdataset as wds
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode('pil').to_tuple('__key__', 'jpg', 'json')
@@ -25,12 +28,14 @@ def plain_loop(urls, model, preprocess, tokenizer, batch_size, device, prefix):
         imgs = torch.stack([preprocess(im) for _, im, _ in batch]).to(device)
         caps = [(i, c) for i, (_, _, j) in enumerate(batch) for c in j['captions']]
         toks = tokenizer([f'{prefix} {c}' for _, c in caps]).to(device)
+        t0 = time.perf_counter()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
             fi = model.encode_image(imgs).float()
             ft = model.encode_text(toks).float()
         fi, ft = fi/fi.norm(dim=-1, keepdim=True), ft/ft.norm(dim=-1, keepdim=True)
         owner = torch.tensor([i for i, _ in caps], device=device)
         out.append((fi[owner]*ft).sum(-1).cpu().numpy())
+        busy[0] += time.perf_counter() - t0
         batch.clear()
     for s in ds:
         batch.append(s)
@@ -63,10 +68,15 @@ def main(argv=None):
         dev = scorer.device
         sync = (lambda: torch.cuda.synchronize()) if dev.type == 'cuda' else (lambda: None)
 
+        busy_plain, busy_clipq = [0.0], [0.0]
         sync(); t0 = time.perf_counter()
-        cos_plain = plain_loop(urls, scorer.model, scorer.preprocess, scorer.tokenizer, a.batch_size, dev, CLIPSCORE_PREFIX)
+        cos_plain = plain_loop(urls, scorer.model, scorer.preprocess, scorer.tokenizer, a.batch_size, dev, CLIPSCORE_PREFIX, busy_plain)
         sync(); t_plain = time.perf_counter() - t0
 
+        forward = scorer.forward
+        def timed_forward(b):                    # model time (the forward ends with a copy to the CPU, so it is synchronous)
+            t = time.perf_counter(); r = forward(b); busy_clipq[0] += time.perf_counter() - t; return r
+        scorer.forward = timed_forward
         sync(); t0 = time.perf_counter()
         summary = score_shards(urls, tmp/'scores', scorer, batch_size=a.batch_size, workers=a.workers, progress=False)
         sync(); t_clipq = time.perf_counter() - t0
@@ -81,10 +91,10 @@ def main(argv=None):
               f'{a.size}px -> {tuple(scorer.model.visual.image_size)}, batch {a.batch_size}, clipq workers {a.workers}')
         print(f'device: {gpu or "cpu"} ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads')
         print(f'max |cos clipq - cos plain| = {diff:.2e}\n')
-        print('| method | seconds | pairs/s | ratio |')
-        print('|---|---:|---:|---:|')
-        print(f'| plain open_clip loop (encode_image/encode_text) | {t_plain:.2f} | {n/t_plain:.1f} | 1.00 |')
-        print(f'| clipq score_shards (parquet per shard) | {t_clipq:.2f} | {n/t_clipq:.1f} | {t_plain/t_clipq:.2f} |')
+        print('| method | seconds | pairs/s | ratio | model busy (% of wall time) |')
+        print('|---|---:|---:|---:|---:|')
+        print(f'| plain open_clip loop (encode_image/encode_text) | {t_plain:.2f} | {n/t_plain:.1f} | 1.00 | {100*busy_plain[0]/t_plain:.0f} |')
+        print(f'| clipq score_shards (parquet per shard) | {t_clipq:.2f} | {n/t_clipq:.1f} | {t_plain/t_clipq:.2f} | {100*busy_clipq[0]/t_clipq:.0f} |')
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
