@@ -9,8 +9,9 @@ the time ratios against open_clip compare like with like. Columns:
   TFLOP/s   8*N^2*D / time: the work a fused forward+backward that recomputes the logits must do
             (forward 2N^2D, backward recompute + two products 6N^2D), so 100 % would be the floor
   peak mem  extra peak memory of one fwd+bwd beyond the inputs: on CUDA max_memory_allocated after
-            reset_peak_memory_stats; on the CPU the ru_maxrss increase over the RSS just before, measured
-            in a fresh subprocess for each configuration (high-water mark reset via /proc/self/clear_refs)
+            reset_peak_memory_stats; on the CPU the peak-RSS (ru_maxrss / VmHWM) increase over the RSS just
+            before, in a fresh subprocess per configuration (high-water mark reset via /proc/self/clear_refs
+            after a full-size warm-up run)
   x o_c     ratios against open_clip's ClipLoss at the same N (time, memory)
 
 Implementations whose memory grows as N^2 (open_clip, reference) are skipped above --max-quadratic-n; the
@@ -59,8 +60,16 @@ def _rss():
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
+def _hwm():
+    """Peak resident set size of this process's memory (bytes): VmHWM, the value behind ru_maxrss, read
+    from /proc because ru_maxrss also keeps the parent's RSS at fork time, which clear_refs cannot reset."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'): return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 def cpu_peak_worker(impl, n, d, dtype, chunk_size):
-    """Run in a fresh process: peak RSS during one steady-state fwd+bwd (ru_maxrss, KiB on Linux) minus the RSS
+    """Run in a fresh process: peak RSS during one steady-state fwd+bwd (VmHWM, i.e. ru_maxrss) minus the RSS
     just before. One full-size warm-up run comes first (its first touch of library code and thread pools is
     not the loss's memory); the high-water mark it leaves is reset (`/proc/self/clear_refs`), and the parent
     starts this process with a fixed glibc mmap threshold, so large tensors are mapped and unmapped (RSS
@@ -77,7 +86,7 @@ def cpu_peak_worker(impl, n, d, dtype, chunk_size):
     except OSError: print('warning: cannot reset the RSS high-water mark; peak may include earlier allocations', file=sys.stderr)
     r0 = _rss()
     fwd_bwd(fn, x, y, ls)
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - r0, 0)
+    return max(_hwm() - r0, 0)
 
 
 def cpu_peak(impl, n, d, dtype, chunk_size, threads):
@@ -102,7 +111,7 @@ def main(argv=None):
     p.add_argument('--d', type=int, default=512, help='feature width D (default 512)')
     p.add_argument('--dtype', choices=list(DTYPES), default=None, help='feature dtype (default: bf16 on CUDA, fp32 on CPU)')
     p.add_argument('--impls', nargs='+', choices=IMPLS, default=list(IMPLS), help='implementations to measure (fused: CUDA only)')
-    p.add_argument('--repeats', type=int, default=3, help='timed runs per configuration after one warm-up (default 3)')
+    p.add_argument('--repeats', type=int, default=3, help='timed runs per configuration after one warm-up (default 3; 0 on the CPU: memory only)')
     p.add_argument('--device', default=None, help='cuda or cpu (default: cuda if available)')
     p.add_argument('--chunk-size', type=int, default=None, help="rows per block for impl='chunked' (default: ~16 MiB of logits per block)")
     p.add_argument('--max-quadratic-n', type=int, default=None,
@@ -129,6 +138,7 @@ def main(argv=None):
         fns = {i: make_loss(i, a.chunk_size) for i in live}
         times, peaks, vals, errs = {i: [] for i in live}, {}, {}, {}
         for i in live:                                               # warm-up (and on CUDA: peak memory)
+            if a.repeats == 0 and device.type == 'cpu': continue     # memory only
             try:
                 sync(device)
                 if device.type == 'cuda':
@@ -157,11 +167,11 @@ def main(argv=None):
             if i not in live:
                 rows.append((n, i, '-', '-', f'skipped (needs ~{fmt_bytes(3 * n * n * 4)})', '-', '-', '-')); continue
             if i in errs: rows.append((n, i, '-', '-', errs[i], '-', '-', '-')); continue
-            t = statistics.median(times[i])
+            t = statistics.median(times[i]) if times[i] else None
             m = peaks.get(i)
-            rows.append((n, i, f'{t * 1e3:.1f} ms', f'{flop / t / 1e12:.3f}', fmt_bytes(m),
-                         f'{t / ref_t:.2f}x' if ref_t else '-', f'{m / ref_m:.3f}x' if (ref_m and m is not None) else '-',
-                         f'{vals[i]:.6f}'))
+            rows.append((n, i, f'{t * 1e3:.1f} ms' if t else '-', f'{flop / t / 1e12:.3f}' if t else '-', fmt_bytes(m),
+                         f'{t / ref_t:.2f}x' if (t and ref_t) else '-', f'{m / ref_m:.3f}x' if (ref_m and m is not None) else '-',
+                         f'{vals[i]:.6f}' if i in vals else '-'))
         print(f'done N={n}', file=sys.stderr, flush=True)
 
     head = ('N', 'impl', 'fwd+bwd', 'TFLOP/s (8N²D)', 'extra peak mem', 'time ×open_clip', 'mem ×open_clip', 'loss')
