@@ -62,7 +62,7 @@ def _synth(p):
 
 # %% ../nbs/10_cli.ipynb #57dc0bda
 @command('score', help='score every image-caption pair of tar shards with a CLIP model (one parquet per shard, resumable)',
-         description="Score every (image, caption) pair of webdataset tar shards - every candidate caption when a "
+         description="Score every (image, caption) pair of webdataset tar shards (or of parquet files holding the images) - every candidate caption when a "
          "sample has several (alt-text and synthetic captions) - with an open_clip model: cosine similarity and "
          "CLIPScore (2.5*max(cos, 0), text prefixed by 'A photo depicts'), RefCLIPScore with --references. "
          "Writes OUT/<shard>.parquet (key, caption_idx, source, cosine, clipscore) per shard, atomically, and "
@@ -71,7 +71,7 @@ def _synth(p):
          "is randomly initialised (scores are then meaningless).")
 def _score(p):
     from clipq.scorer import CLIPSCORE_PREFIX
-    p.add_argument('shards', nargs='+', help='tar shards: paths, folders, globs, brace patterns (shard-{000000..000099}.tar), fsspec URLs')
+    p.add_argument('shards', nargs='+', help='tar shards (or parquet files holding the images): paths, folders of .tar shards, globs, brace patterns (shard-{000000..000099}.tar), fsspec URLs')
     p.add_argument('--model', required=True, help='open_clip model name (e.g. ViT-B-32) or path to an open_clip model config .json')
     w = p.add_mutually_exclusive_group()
     w.add_argument('--pretrained', metavar='TAG', help="released weights tag, downloaded by open_clip (e.g. 'openai'; needs network or cache)")
