@@ -12,11 +12,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .core import count_params
+
 # %% auto #0
-__all__ = ['MCI2_CHANNELS', 'VITB_CHANNELS', 'HEADS', 'NO_WEIGHT_DECAY', 'ConvModule', 'resize', 'count_params', 'DecodeHead',
-           'LinearHead', 'fake_features', 'FCNHead', 'AdaptiveAvgPool2d', 'PPM', 'UPerHead', 'FPN', 'FPNHead',
-           'SemanticFPN', 'ResidualConvUnit', 'FusionBlock', 'DepthHead', 'head_param_table', 'create_head',
-           'feature_channels', 'DenseModel', 'vit_layer_id', 'param_groups_lrd', 'export_onnx']
+__all__ = ['MCI2_CHANNELS', 'VITB_CHANNELS', 'HEADS', 'NO_WEIGHT_DECAY', 'ConvModule', 'resize', 'DecodeHead', 'LinearHead',
+           'fake_features', 'FCNHead', 'AdaptiveAvgPool2d', 'PPM', 'UPerHead', 'FPN', 'FPNHead', 'SemanticFPN',
+           'ResidualConvUnit', 'FusionBlock', 'DepthHead', 'head_param_table', 'create_head', 'feature_channels',
+           'DenseModel', 'vit_layer_id', 'param_groups_lrd', 'export_onnx']
 
 # %% ../nbs/06_heads.ipynb #ef8b6b13
 class ConvModule(nn.Sequential):
@@ -35,10 +37,6 @@ def resize(x: torch.Tensor, size: Sequence[int], mode: str = 'bilinear', align_c
     "Interpolate NCHW `x` to spatial `size` (bilinear, `align_corners=False` by default; `nearest` takes no corner flag)."
     ac = align_corners if mode in ('linear', 'bilinear', 'bicubic', 'trilinear') else None
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=ac)  # no int(): keeps export shapes symbolic
-
-def count_params(m: nn.Module, trainable: bool = False) -> int:
-    "Number of parameters of `m` (only those that require grad with `trainable`)."
-    return sum(p.numel() for p in m.parameters() if p.requires_grad or not trainable)
 
 # %% ../nbs/06_heads.ipynb #ef84d109
 def _as_list(x) -> list:

@@ -20,13 +20,13 @@ from timm.models import FeatureInfo, build_model_with_cfg, register_model
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as _vit_filter_fn
 
-from .core import default_device, get_logger
+from .core import count_params, default_device, get_logger
 
 # %% auto #0
 __all__ = ['CLIP_MODELS', 'BACKBONES', 'clipq_tiny_mci', 'clipq_tiny_vit', 'register_models', 'read_state_dict',
-           'PretrainedUnavailableError', 'load_clip_weights', 'create_clip', 'count_params', 'feature_shapes',
-           'SimpleFeaturePyramid', 'DenseBackbone', 'ViTBackbone', 'FeaturesBackbone', 'TransferReport',
-           'load_backbone_weights', 'create_backbone', 'count_gmacs', 'backbone_table']
+           'PretrainedUnavailableError', 'load_clip_weights', 'create_clip', 'feature_shapes', 'SimpleFeaturePyramid',
+           'DenseBackbone', 'ViTBackbone', 'FeaturesBackbone', 'TransferReport', 'load_backbone_weights',
+           'create_backbone', 'count_gmacs', 'backbone_table']
 
 # %% ../nbs/05_models.ipynb #0e430958
 CLIP_MODELS = {  # open_clip name -> timm name of its image tower
@@ -168,11 +168,6 @@ def create_clip(name: str,                       # an open_clip model name, e.g.
     with _quiet_open_clip(): model = open_clip.create_model(name, pretrained=None, device=default_device(device), **kwargs)
     if src is not None: load_clip_weights(model, src, strict=strict)
     return model.eval()
-
-# %% ../nbs/05_models.ipynb #ca81f4b5
-def count_params(m: nn.Module) -> int:
-    "Number of parameters (not buffers) of `m`."
-    return sum(p.numel() for p in m.parameters())
 
 # %% ../nbs/05_models.ipynb #dffc5343
 def feature_shapes(h: int, w: int, strides=(4, 8, 16, 32)) -> list[tuple[int, int]]:
