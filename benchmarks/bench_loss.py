@@ -18,7 +18,7 @@ Implementations whose memory grows as N^2 (open_clip, reference) are skipped abo
 row then shows the memory they would need (three N x N fp32 matrices). The fused Triton kernel runs only
 on CUDA. Example: python benchmarks/bench_loss.py --n 1024 4096 8192 32768 --d 512
 """
-import argparse, ctypes, json, math, os, resource, statistics, subprocess, sys, time
+import argparse, ctypes, importlib, json, math, os, resource, statistics, subprocess, sys, time
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,7 @@ def cpu_peak_worker(impl, n, d, dtype, chunk_size):
     not the loss's memory); the high-water mark it leaves is reset (`/proc/self/clear_refs`), and the parent
     starts this process with a fixed glibc mmap threshold, so large tensors are mapped and unmapped (RSS
     follows live memory) instead of reusing heap memory freed earlier."""
-    import open_clip.loss, clipq.loss                  # the same modules loaded for every row
+    for mod in ('open_clip.loss', 'clipq.loss'): importlib.import_module(mod)   # same modules loaded for every row
     x, y, ls = make_inputs(n, d, DTYPES[dtype], torch.device('cpu'))
     fn = make_loss(impl, chunk_size)
     fwd_bwd(fn, x, y, ls)             # full-size warm-up: libraries, code pages and thread pools are loaded
@@ -146,7 +146,7 @@ def main(argv=None):
                 vals[i] = fwd_bwd(fns[i], x, y, ls).item()
                 sync(device)
                 if device.type == 'cuda': peaks[i] = torch.cuda.max_memory_allocated(device) - m0
-            except torch.OutOfMemoryError as e:
+            except torch.OutOfMemoryError:
                 errs[i] = 'OOM'; x.grad = y.grad = ls.grad = None
                 if device.type == 'cuda': torch.cuda.empty_cache()
         for _ in range(a.repeats):                                   # interleaved timed runs
