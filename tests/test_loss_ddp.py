@@ -49,7 +49,8 @@ def _features(model, inp):
 
 
 def _worker(rank, port, outdir):
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    # TRITON_INTERPRET: the fused Triton kernel runs on these CPU tensors through Triton's interpreter
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), TRITON_INTERPRET='1')
     torch.set_num_threads(1)
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     import open_clip.loss as ocl
@@ -63,7 +64,7 @@ def _worker(rank, port, outdir):
         for gwg in (False, True):
             kw = dict(local_loss=local, gather_with_grad=gwg, rank=rank, world_size=WORLD)
             res['open_clip', local, gwg] = _run(ocl.ClipLoss(**kw), xl, yl, ls)
-            for impl in ('reference', 'chunked'):
+            for impl in ('reference', 'chunked', 'fused'):
                 res['clipq', impl, local, gwg] = _run(ClipLoss(impl=impl, chunk_size=4, **kw), xl, yl, ls)
     res['functional'] = _run(lambda a, b, s: distributed_contrastive_loss(a, b, s, impl='chunked', chunk_size=5), xl, yl, ls)
     res['siglip_open_clip'] = _run(ocl.SigLipLoss(rank=rank, world_size=WORLD), xl, yl, ls, lb)
@@ -95,7 +96,7 @@ def _close(got, want, rel=1e-5, floor=1.0):
 
 @pytest.mark.parametrize('local', [False, True])
 @pytest.mark.parametrize('gwg', [False, True])
-@pytest.mark.parametrize('impl', ['reference', 'chunked'])
+@pytest.mark.parametrize('impl', ['reference', 'chunked', 'fused'])
 def test_matches_open_clip_on_each_rank(results, local, gwg, impl):
     for r in range(WORLD):
         _close(results[r]['clipq', impl, local, gwg], results[r]['open_clip', local, gwg])
@@ -106,7 +107,7 @@ def test_equals_single_process(results):
     from clipq.loss import contrastive_loss
     x, y, _ = _batch()
     single = _run(lambda a, b, s: contrastive_loss(a, b, s, impl='reference'), x, y, torch.tensor(math.log(SCALE)))
-    for key in [('clipq', 'chunked', True, True), ('clipq', 'reference', True, True), 'functional']:
+    for key in [('clipq', impl, True, True) for impl in ('reference', 'chunked', 'fused')] + ['functional']:
         ranks = [results[r][key] for r in range(WORLD)]
         _close([sum(rk[0] for rk in ranks) / WORLD], [single[0]])
         _close([torch.cat([rk[1] for rk in ranks]) / WORLD, torch.cat([rk[2] for rk in ranks]) / WORLD], single[1:3], floor=SCALE / len(x))
