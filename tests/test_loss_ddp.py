@@ -68,7 +68,7 @@ def _worker(rank, port, outdir):
                 res['clipq', impl, local, gwg] = _run(ClipLoss(impl=impl, chunk_size=4, **kw), xl, yl, ls)
     res['functional'] = _run(lambda a, b, s: distributed_contrastive_loss(a, b, s, impl='chunked', chunk_size=5), xl, yl, ls)
     res['siglip_open_clip'] = _run(ocl.SigLipLoss(rank=rank, world_size=WORLD), xl, yl, ls, lb)
-    for impl in ('reference', 'chunked'):
+    for impl in ('reference', 'chunked', 'fused'):
         res['siglip', impl] = _run(SigLipLoss(rank=rank, world_size=WORLD, impl=impl, chunk_size=4), xl, yl, ls, lb)
     # a DDP-wrapped model trained on the local half: its averaged gradients are the whole-batch gradients
     ddp = nn.parallel.DistributedDataParallel(_model())
@@ -118,7 +118,7 @@ def test_equals_single_process(results):
 
 def test_siglip_matches_open_clip(results):
     for r in range(WORLD):
-        for impl in ('reference', 'chunked'):
+        for impl in ('reference', 'chunked', 'fused'):
             _close(results[r]['siglip', impl], results[r]['siglip_open_clip'], floor=SCALE / N_LOCAL)
 
 
