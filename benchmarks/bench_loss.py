@@ -165,7 +165,7 @@ def main(argv=None):
         ref_m = peaks.get('open_clip')
         for i in impls:
             if i not in live:
-                rows.append((n, i, '-', '-', f'skipped (needs ~{fmt_bytes(3 * n * n * 4)})', '-', '-', '-')); continue
+                rows.append((n, i, '-', '-', f'skipped (needs ~{fmt_bytes(4 * n * n * 4)})', '-', '-', '-')); continue
             if i in errs: rows.append((n, i, '-', '-', errs[i], '-', '-', '-')); continue
             t = statistics.median(times[i]) if times[i] else None
             m = peaks.get(i)
