@@ -271,7 +271,7 @@ def write_tar(path, groups: Iterable[dict]):
                 tf.addfile(ti, io.BytesIO(data))
     return Path(path)
 
-# %% ../nbs/01_data.ipynb #1a7665bb
+# %% ../nbs/01_data.ipynb #b7ca7e45
 IMAGE_COLS = ('jpg', 'image', 'img', 'png', 'webp', 'image_bytes', 'image_path', 'path', 'filepath', 'file_name')
 CAPTION_COLS = ('caption', 'txt', 'text', 'alt_text', 'captions', 'syn_text', 'synthetic_captions')
 KEY_COLS = ('key', 'uid', '__key__', 'id')
@@ -314,6 +314,7 @@ def decode_row(row: dict, key: str, shard: str, image_col: str, caption_cols: li
     meta = {k: v for k, v in row.items() if k != image_col and k not in caption_cols and isinstance(v, (str, int, float, bool, list, type(None)))}
     return Sample(str(key), image, caps, srcs, shard, ids, meta)
 
+# %% ../nbs/01_data.ipynb #9ed1a7bd
 def read_parquet(paths, report: BadSampleReport | None = None, image_col: str | None = None, caption_cols=None,
                  key_col: str | None = None, sources: dict | None = None, batch_rows: int = 256) -> Iterator[Sample]:
     "Samples of parquet file(s) `paths` (image bytes/structs/paths + caption columns), bad rows reported in `report`."
@@ -420,7 +421,7 @@ def pick_captions(s: Sample, mode, rng: np.random.Generator) -> list:
     if syn and (not alt or rng.random() < mode): return [syn[rng.integers(len(syn))]]
     return alt[:1]
 
-# %% ../nbs/01_data.ipynb #01ce00f6
+# %% ../nbs/01_data.ipynb #3bbae7b9
 def load_keep(path) -> dict:
     "Read a selection parquet (from `clipq filter`: `key`, optional `caption_idx`) as `{key: None | caption index | [indices]}`."
     import pyarrow.parquet as pq
@@ -458,6 +459,7 @@ class _Decode:
                 if not caps: report.add('missing_caption', url, s.key, f'no {self.mode} caption', skipped=True); continue
                 yield self.preprocess(s.image), caps
 
+# %% ../nbs/01_data.ipynb #157c955d
 def collate_pairs(batch: list, tokenizer) -> tuple:
     "Stack images and tokenise captions: `(B×3×H×W, B×L)`, or `B×C×L` when samples carry several captions."
     import torch

@@ -80,7 +80,7 @@ def load_clip(name: str, pretrained: str | None = None, checkpoint=None, device=
     tokenizer = open_clip.get_tokenizer(oc_name)
     return model.to(default_device(device)).eval(), preprocess, tokenizer
 
-# %% ../nbs/03_scorer.ipynb #f72da45e
+# %% ../nbs/03_scorer.ipynb #4937f5ad
 CLIPSCORE_PREFIX = 'A photo depicts'
 CLIPSCORE_W = 2.5
 
@@ -94,6 +94,7 @@ def refclipscore(cos, ref_cos, w: float = CLIPSCORE_W):
     with np.errstate(invalid='ignore', divide='ignore'): h = np.where(a + b > 0, 2*a*b/(a + b), 0)
     return h.astype(np.float32)
 
+# %% ../nbs/03_scorer.ipynb #aeccf965
 class Scorer:
     "Image–caption alignment with a CLIP `model` (anything with `encode_image`/`encode_text`), its `preprocess` and `tokenizer`."
     def __init__(self, model, preprocess, tokenizer, device=None, prefix: str = CLIPSCORE_PREFIX, w: float = CLIPSCORE_W,
@@ -229,7 +230,7 @@ class Scorer:
         cols = ['key', 'caption_idx', 'source', 'caption', 'cosine', 'clipscore'] + (['refclipscore'] if references is not None else [])
         return pd.DataFrame({c: np.concatenate([np.asarray(r[c]) for r in rows]) if rows else [] for c in cols})
 
-# %% ../nbs/03_scorer.ipynb #56842118
+# %% ../nbs/03_scorer.ipynb #26ab74d6
 def shard_names(urls: list) -> list:
     "Output names for shard `urls`: the file name without extension, with parent folders added where names collide."
     def stem(u, depth):
@@ -271,6 +272,7 @@ class _ShardBatches(torch.utils.data.IterableDataset):
                 if len(buf) == self.bs: yield {'shard': i, 'last': False, **self.scorer.pack(buf, self.refs)}; buf = []
             yield {'shard': i, 'last': True, 'report': report.to_dict(), **self.scorer.pack(buf, self.refs)}
 
+# %% ../nbs/03_scorer.ipynb #e762a241
 def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: int = 2, references=None,
                  with_captions: bool = False, overwrite: bool = False, progress: bool = True, reader=None) -> dict:
     "Score every pair of `shards` into one parquet per shard in folder `out`, skipping complete ones; returns the job summary."
@@ -335,6 +337,7 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
     if failed: log.warning('%d shards could not be read (not marked complete; run again to retry): %s', len(failed), ', '.join(failed[:5]))
     return summary
 
+# %% ../nbs/03_scorer.ipynb #8089a8d5
 def load_scores(out, columns=None):
     "All score parquets of folder `out` (or a list of files) as one DataFrame, with a `shard` column (the file stem)."
     import pandas as pd
