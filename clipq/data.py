@@ -8,7 +8,7 @@ import glob as _glob, io, json, os, re, tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -19,7 +19,7 @@ from .core import get_logger
 __all__ = ['ALT', 'IMAGE_EXTS', 'BAD_KINDS', 'IMAGE_COLS', 'CAPTION_COLS', 'KEY_COLS', 'ALT_COLS', 'CAPTION_MODES', 'Sample',
            'BadSample', 'BadSampleReport', 'decode_image', 'decode_group', 'expand_shards', 'read_wds', 'write_tar',
            'decode_row', 'read_parquet', 'read_hf', 'read_folder', 'read_samples', 'sample_members', 'write_shards',
-           'caption_mode', 'pick_captions', 'load_keep', 'collate_pairs', 'train_loader']
+           'caption_mode', 'pick_captions', 'norm_shard', 'load_keep', 'collate_pairs', 'train_loader']
 
 # %% ../nbs/01_data.ipynb #a00e79ec
 ALT = 'alt'
@@ -152,8 +152,11 @@ def decode_group(group: dict, shard: str, report: BadSampleReport, image_exts=IM
         had_caption = True
         cs = meta.pop('captions'); ss = meta.pop('sources', None)
         if not isinstance(ss, list) or len(ss) != len(cs): ss = ['synthetic']*len(cs)
-        for i, (c, s) in enumerate(zip(cs, ss)):
-            if (t := _text(c, f'json caption {i}', shard, key, report)) is not None: caps.append(t); srcs.append(str(s)); ids.append(i)
+        sel = meta.get('clipq_selection')                 # narrowed by `clipq filter --shards-out`: the captions' original positions
+        pos = sel.get('caption_idx') if isinstance(sel, dict) else None
+        pos = pos if isinstance(pos, list) and len(pos) == len(cs) else range(len(cs))
+        for i, (c, s, o) in enumerate(zip(cs, ss, pos)):
+            if (t := _text(c, f'json caption {i}', shard, key, report)) is not None: caps.append(t); srcs.append(str(s)); ids.append(int(o))
     else:
         for ext in caption_exts:
             if ext in group:
@@ -167,6 +170,7 @@ def decode_group(group: dict, shard: str, report: BadSampleReport, image_exts=IM
         report.add('corrupt_image', shard, key, f'.{img_ext}: {type(e).__name__}: {str(e)[:120]}', skipped=True); return None
     report.n_ok += 1
     raw = {k: v for k, v in group.items() if not k.startswith('__')} if keep_raw else None
+    if isinstance(meta.get('clipq_key'), str): key = meta.pop('clipq_key')   # a key with dots, stored by `write_shards`
     return Sample(key, image, caps, srcs, shard, ids, meta, raw)
 
 # %% ../nbs/01_data.ipynb #322df7ea
@@ -178,7 +182,7 @@ def _braces(pattern: str) -> list:
 
 def expand_shards(spec, exts=('.tar', '.tar.gz', '.tgz')) -> list:
     "Expand paths, brace patterns, globs, folders and fsspec URLs in `spec` (str or list) into a list of shard paths/URLs."
-    if isinstance(spec, (str, os.PathLike)): spec = str(spec).split('::')
+    spec = [q for x in ([spec] if isinstance(spec, (str, os.PathLike)) else spec) for q in str(x).split('::')]
     out = []
     for pat in spec:
         for p in _braces(str(pat)):
@@ -192,7 +196,7 @@ def expand_shards(spec, exts=('.tar', '.tar.gz', '.tgz')) -> list:
                     if not found: raise FileNotFoundError(f"no shards match {p}")
                     out += [f'{proto}://{q}' if '://' not in q else q for q in found]
                 else: out.append(p)
-            elif any(c in p for c in '*?['):
+            elif any(c in p for c in '*?[') and not Path(p).expanduser().exists():     # an existing path is taken as is, even with '[' in it
                 found = sorted(_glob.glob(os.path.expanduser(p)))
                 if not found: raise FileNotFoundError(f"no shards match {p}")
                 out += found
@@ -241,12 +245,12 @@ def _tar_groups(url: str, report: BadSampleReport) -> Iterator[dict]:
             m = _KEY_RE.match(ti.name)
             if m is None or os.path.basename(ti.name).startswith('__'): continue
             key, ext = m.group(1), m.group(2).lower()
+            if group is not None and key != group['__key__']: yield group; group = None   # a new key: the previous sample is complete
             try: data = tf.extractfile(ti).read()
             except (tarfile.TarError, OSError, EOFError) as e:
                 report.add('truncated_tar', url, key, f'member {ti.name}: {e}', skipped=True); return
             if len(data) != ti.size:
                 report.add('truncated_tar', url, key, f'member {ti.name}: {len(data)} of {ti.size} bytes', skipped=True); return
-            if group is not None and key != group['__key__']: yield group; group = None
             if group is None: group = {'__key__': key}
             group[ext] = data; last_key = key
         if group is not None: yield group
@@ -254,8 +258,7 @@ def _tar_groups(url: str, report: BadSampleReport) -> Iterator[dict]:
 def read_wds(shards, report: BadSampleReport | None = None, keep_raw: bool = False, **decode_kw) -> Iterator[Sample]:
     "Samples of the webdataset tar shards `shards` (anything `expand_shards` accepts), bad ones reported in `report`."
     report = report if report is not None else BadSampleReport()
-    urls = expand_shards(shards) if isinstance(shards, (str, os.PathLike)) else [u for s in shards for u in expand_shards(s)]
-    for url in urls:
+    for url in expand_shards(shards):
         for g in _tar_groups(url, report):
             s = decode_group(g, url, report, keep_raw=keep_raw, **decode_kw)
             if s is not None: yield s
@@ -265,6 +268,9 @@ def write_tar(path, groups: Iterable[dict]):
     "Write `groups` (`{'__key__': key, ext: bytes}`) as a tar shard at `path` (members in order, deterministic)."
     with tarfile.open(path, 'w', format=tarfile.USTAR_FORMAT) as tf:
         for g in groups:
+            if '.' in g['__key__'].rsplit('/', 1)[-1]:
+                raise ValueError(f"key {g['__key__']!r} contains a dot: webdataset readers cut keys at the first dot of the name; "
+                                 "write it with write_shards (which stores it safely) or rename it")
             for ext, data in g.items():
                 if ext.startswith('__'): continue
                 ti = tarfile.TarInfo(f"{g['__key__']}.{ext}"); ti.size, ti.mtime, ti.mode = len(data), 0, 0o444
@@ -281,7 +287,7 @@ def _columns(names, image_col, caption_cols, key_col, sources):
     image_col = image_col or next((c for c in IMAGE_COLS if c in names), None)
     if image_col is None or image_col not in names: raise ValueError(f"no image column (looked for {image_col or IMAGE_COLS}) among {list(names)}; pass image_col=")
     caption_cols = [caption_cols] if isinstance(caption_cols, str) else list(caption_cols or [c for c in CAPTION_COLS if c in names])
-    if not caption_cols or (miss := [c for c in caption_cols if c not in names]):
+    if not caption_cols or any(c not in names for c in caption_cols):
         raise ValueError(f"no caption column {caption_cols or CAPTION_COLS} among {list(names)}; pass caption_cols=")
     key_col = key_col or next((c for c in KEY_COLS if c in names), None)
     sources = {c: (ALT if c in ALT_COLS else 'synthetic') for c in caption_cols} | dict(sources or {})
@@ -384,6 +390,16 @@ def sample_members(s: Sample) -> dict:
     if alt := s.by_source(True): m['txt'] = alt[0].encode()
     return m
 
+def _dotless(g: dict) -> dict:
+    "Member dict `g` with dots in its key's name replaced by `_`, the original key kept in the `.json` member (`clipq_key`)."
+    key = g['__key__']
+    head, _, name = key.rpartition('/')
+    if '.' not in name: return g
+    try: meta = json.loads(bytes(g['json']).decode('utf-8')) if 'json' in g else {}
+    except (UnicodeDecodeError, ValueError): meta = None
+    if not isinstance(meta, dict): raise ValueError(f"key {key!r} contains a dot and its .json member is not a JSON object to store it in")
+    return {**g, '__key__': (head + '/' if head else '') + name.replace('.', '_'), 'json': json.dumps({**meta, 'clipq_key': key}).encode()}
+
 def write_shards(samples: Iterable, out, shard_size: int = 1000, name: str = 'shard-{:06d}.tar') -> list:
     "Write `Sample`s (or member dicts with `'__key__'`) into tar shards of `shard_size` samples in folder `out`; return the paths."
     from clipq.core import atomic_write
@@ -395,7 +411,7 @@ def write_shards(samples: Iterable, out, shard_size: int = 1000, name: str = 'sh
         with atomic_write(p) as t: write_tar(t, buf)
         paths.append(p); buf.clear()
     for s in samples:
-        buf.append({'__key__': s.key, **sample_members(s)} if isinstance(s, Sample) else s)
+        buf.append(_dotless({'__key__': s.key, **sample_members(s)} if isinstance(s, Sample) else s))
         if len(buf) == shard_size: flush()
     if buf: flush()
     return paths
@@ -422,35 +438,52 @@ def pick_captions(s: Sample, mode, rng: np.random.Generator) -> list:
     return alt[:1]
 
 # %% ../nbs/01_data.ipynb #3bbae7b9
+def norm_shard(url) -> str:
+    "One spelling of a shard's location: an absolute local path, or the URL as given."
+    u = str(url)
+    if u.startswith('file://'): u = u[len('file://'):]
+    return u if _is_url(u) else os.path.abspath(os.path.expanduser(u))
+
 def load_keep(path) -> dict:
-    "Read a selection parquet (from `clipq filter`: `key`, optional `caption_idx`) as `{key: None | caption index | [indices]}`."
+    "Read a selection parquet (from `clipq filter`: `key`, optional `caption_idx`, `source_shard`) as `{(source shard, key) or key: None | caption index | [indices]}`."
     import pyarrow.parquet as pq
     t = pq.read_table(path).to_pydict()
     if 'key' not in t: raise ValueError(f"{path} has no 'key' column (columns: {list(t)})")
-    if 'caption_idx' not in t: return dict.fromkeys(t['key'])
+    ks = [(norm_shard(sh), k) for sh, k in zip(t['source_shard'], t['key'])] if 'source_shard' in t else t['key']
+    if 'caption_idx' not in t: return dict.fromkeys(ks)
     keep = {}
-    for k, i in zip(t['key'], t['caption_idx']):
+    for k, i in zip(ks, t['caption_idx']):
         if k in keep: keep[k] = (keep[k] if isinstance(keep[k], list) else [keep[k]]) + [i]
         else: keep[k] = i
     return keep
 
-def _worker_rng(seed: int) -> np.random.Generator:
+_NOT_KEPT = object()
+def _keep_entry(keep: dict, s: Sample, url: str):
+    "The selection entry of sample `s` read from shard `url`: by (source shard, key), else by key; `_NOT_KEPT` when absent."
+    sel = s.meta.get('clipq_selection')
+    src = sel.get('shard') if isinstance(sel, dict) and sel.get('shard') else url     # narrowed shards name their source shard
+    k = (norm_shard(src), s.key)
+    return keep[k] if k in keep else keep.get(s.key, _NOT_KEPT)
+
+def _worker_rng(seed: int, epoch: int = 0, stream: int = 0) -> np.random.Generator:
+    "A generator for this (seed, epoch, rank, worker): each epoch and each worker draws differently, reproducibly."
     import torch
     wi = torch.utils.data.get_worker_info()
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    return np.random.default_rng([seed, rank, wi.id if wi else 0])
+    return np.random.default_rng([seed, epoch, rank, wi.id if wi else 0, stream])
 
 class _Decode:
     "Pipeline stage: shard URLs in, `(image_tensor, captions)` out (runs inside each DataLoader worker)."
-    def __init__(self, preprocess, captions, keep, seed): self.preprocess, self.mode, self.keep, self.seed = preprocess, caption_mode(captions), keep, seed
+    def __init__(self, preprocess, captions, keep, seed):
+        self.preprocess, self.mode, self.keep, self.seed, self.epoch = preprocess, caption_mode(captions), keep, seed, 0
     def __call__(self, src):
-        rng, report = _worker_rng(self.seed), BadSampleReport()
+        rng, report = _worker_rng(self.seed, self.epoch), BadSampleReport()
         for d in src:
             url = d['url'] if isinstance(d, dict) else d
             for s in read_wds(url, report):
                 if self.keep is not None:
-                    if s.key not in self.keep: continue
-                    ci = self.keep[s.key]
+                    ci = _keep_entry(self.keep, s, url)
+                    if ci is _NOT_KEPT: continue
                     if ci is not None:                         # a caption-level choice: train on (one of) those captions
                         ok = [s.captions[s.caption_ids.index(int(c))] for c in (ci if isinstance(ci, list) else [ci]) if int(c) in s.caption_ids]
                         if not ok: report.add('missing_caption', url, s.key, f'selected caption(s) {ci} unusable', skipped=True); continue
@@ -471,6 +504,14 @@ def collate_pairs(batch: list, tokenizer) -> tuple:
     toks = tokenizer(flat)
     return imgs, toks.view(len(caps), C, -1)
 
+class _Shuffle:
+    "Pipeline stage: webdataset's buffer shuffle with a generator drawn per (seed, epoch, rank, worker)."
+    def __init__(self, bufsize: int, seed: int): self.bufsize, self.seed, self.epoch = bufsize, seed, 0
+    def __call__(self, src):
+        import random, webdataset as wds
+        rng = random.Random(int(_worker_rng(self.seed, self.epoch, stream=1).integers(2**62)))
+        return wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(src)
+
 def train_loader(shards, preprocess, tokenizer, batch_size: int, captions='alt', workers: int = 2,
                  resampled: bool = False, shuffle: int = 1000, seed: int = 0, keep=None,
                  batches_per_epoch: int | None = None, drop_last: bool = True):
@@ -479,17 +520,27 @@ def train_loader(shards, preprocess, tokenizer, batch_size: int, captions='alt',
     from functools import partial
     caption_mode(captions)
     if batch_size < 1: raise ValueError(f"batch_size must be positive, got {batch_size}")
-    urls = expand_shards(shards) if isinstance(shards, (str, os.PathLike)) else [u for s in shards for u in expand_shards(s)]
+    urls = expand_shards(shards)
     if isinstance(keep, (str, os.PathLike)): keep = load_keep(keep)
     elif keep is not None and not isinstance(keep, dict): keep = {k: None for k in keep}
     if resampled: stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else: stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
     stages += [_Decode(preprocess, captions, keep, seed)]
-    if shuffle > 1: stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=__import__('random').Random(seed)))
+    if shuffle > 1: stages.append(_Shuffle(shuffle, seed))
     stages.append(wds.batched(batch_size, collation_fn=partial(collate_pairs, tokenizer=tokenizer), partial=not drop_last))
     pipe = wds.DataPipeline(*stages)
     if batches_per_epoch is not None:
         pipe = pipe.with_epoch(-(-batches_per_epoch // max(1, workers)))
     elif resampled: raise ValueError("resampled shards stream forever: pass batches_per_epoch")
-    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers, persistent_workers=False,
-                                       pin_memory=torch.cuda.is_available())
+    class EpochLoader(torch.utils.data.DataLoader):
+        "A `DataLoader` whose pipeline is reseeded per epoch: passes count up from epoch 0, `set_epoch(e)` makes the next pass epoch `e`."
+        def set_epoch(self, epoch: int): self.epoch = int(epoch)
+        def __iter__(self):
+            for st in stages:
+                if isinstance(st, (_Decode, _Shuffle)): st.epoch = self.epoch
+                elif isinstance(st, wds.ResampledShards): st.epoch = self.epoch - 1     # it adds one as it starts
+            self.epoch += 1
+            return super().__iter__()
+    dl = EpochLoader(pipe, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    dl.epoch = 0
+    return dl
