@@ -449,7 +449,7 @@ def load_keep(path) -> dict:
     import pyarrow.parquet as pq
     t = pq.read_table(path).to_pydict()
     if 'key' not in t: raise ValueError(f"{path} has no 'key' column (columns: {list(t)})")
-    ks = [(norm_shard(sh), k) for sh, k in zip(t['source_shard'], t['key'])] if 'source_shard' in t else t['key']
+    ks = [(norm_shard(sh), k) if sh else k for sh, k in zip(t['source_shard'], t['key'])] if 'source_shard' in t else t['key']
     if 'caption_idx' not in t: return dict.fromkeys(ks)
     keep = {}
     for k, i in zip(ks, t['caption_idx']):

@@ -4,23 +4,23 @@
 
 # %% ../nbs/03_scorer.ipynb #3c01621d
 from __future__ import annotations
-import json, math, os, time
-from dataclasses import dataclass
+import hashlib, json, os, time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .core import default_device, autocast_ctx, autocast_dtype, atomic_write, get_logger
-from .data import BadSampleReport, Sample, expand_shards, read_wds, read_parquet, sample_members, write_tar, ALT
+from .data import BadSampleReport, expand_shards, norm_shard, read_wds, read_parquet, sample_members
 from .models import read_state_dict      # importing clipq.models also registers clipq's model configs with open_clip
 
 # %% auto #0
-__all__ = ['CLIPSCORE_PREFIX', 'CLIPSCORE_W', 'SCORE_COLUMNS', 'WeightsUnavailableError', 'load_weights', 'load_clip',
-           'clipscore', 'refclipscore', 'Scorer', 'shard_names', 'read_shard', 'score_shards', 'load_scores',
-           'load_references', 'pool_threshold', 'select', 'write_selection', 'write_selected_shards']
+__all__ = ['CLIPSCORE_PREFIX', 'CLIPSCORE_W', 'SHARD_EXTS', 'SCORE_COLUMNS', 'WeightsUnavailableError', 'load_weights',
+           'load_clip', 'clipscore', 'refclipscore', 'Scorer', 'shard_names', 'read_shard', 'score_files',
+           'score_shards', 'load_scores', 'load_references', 'pool_threshold', 'select', 'write_selection',
+           'write_selected_shards']
 
 # %% ../nbs/03_scorer.ipynb #2921f096
 class WeightsUnavailableError(ValueError):
@@ -89,10 +89,11 @@ def clipscore(cos, w: float = CLIPSCORE_W):
     return w*np.maximum(np.asarray(cos, dtype=np.float32), 0)
 
 def refclipscore(cos, ref_cos, w: float = CLIPSCORE_W):
-    "RefCLIPScore: harmonic mean of CLIPScore and `max(ref_cos, 0)` (the best caption–reference cosine)."
-    a, b = clipscore(cos, w), np.maximum(np.asarray(ref_cos, dtype=np.float32), 0)
+    "RefCLIPScore: harmonic mean of CLIPScore and `max(ref_cos, 0)` (the best caption–reference cosine); NaN where `ref_cos` is NaN (no references)."
+    r = np.asarray(ref_cos, dtype=np.float32)
+    a, b = clipscore(cos, w), np.maximum(r, 0)
     with np.errstate(invalid='ignore', divide='ignore'): h = np.where(a + b > 0, 2*a*b/(a + b), 0)
-    return h.astype(np.float32)
+    return np.where(np.isnan(r), np.nan, h).astype(np.float32)
 
 # %% ../nbs/03_scorer.ipynb #aeccf965
 class Scorer:
@@ -204,13 +205,13 @@ class Scorer:
         cos = (fi[owner]*ft).sum(-1).cpu().numpy().astype(np.float32)
         out.update(cosine=cos, clipscore=clipscore(cos, self.w))
         if b['has_refs']:
-            ref = np.zeros(len(cos), np.float32)
+            ref = np.full(len(cos), np.nan, np.float32)            # no references for this key: NaN, not 0
             if b['ref_tokens'] is not None:
                 fr = self.embed_texts(b['ref_tokens'])
                 sim = ft @ fr.T
                 same = owner[:, None] == torch.as_tensor(b['ref_owner'], device=fi.device)[None, :]
                 best = sim.masked_fill(~same, -2).max(1).values
-                ref = torch.where(same.any(1), best, torch.zeros_like(best)).cpu().numpy()
+                ref = torch.where(same.any(1), best, torch.full_like(best, float('nan'))).cpu().numpy()
             out['refclipscore'] = refclipscore(cos, ref, self.w)
         return out
 
@@ -231,18 +232,16 @@ class Scorer:
         return pd.DataFrame({c: np.concatenate([np.asarray(r[c]) for r in rows]) if rows else [] for c in cols})
 
 # %% ../nbs/03_scorer.ipynb #26ab74d6
+SHARD_EXTS = ('.tar', '.tar.gz', '.tgz', '.parquet')
+
 def shard_names(urls: list) -> list:
-    "Output names for shard `urls`: the file name without extension, with parent folders added where names collide."
-    def stem(u, depth):
-        parts = u.rstrip('/').replace('\\', '/').split('/')
-        name = parts[-1]
-        for ext in ('.tar.gz', '.tgz', '.tar', '.parquet'):
-            if name.endswith(ext): name = name[:-len(ext)]; break
-        return '__'.join([p for p in parts[-depth:-1] if p and not p.endswith(':')] + [name])
-    for depth in range(1, 64):
-        names = [stem(u, depth) for u in urls]
-        if len(set(names)) == len(names): return names
-    raise ValueError('shard paths are not unique')
+    "Score-file names for shard `urls`: the file name without extension, then a short hash of the shard's full location (stable and unique)."
+    def stem(u):
+        name = str(u).rstrip('/').replace('\\', '/').split('/')[-1]
+        for ext in SHARD_EXTS:
+            if name.endswith(ext): return name[:-len(ext)]
+        return name
+    return [f"{stem(u)}-{hashlib.sha1(norm_shard(u).encode()).hexdigest()[:8]}" for u in urls]
 
 def read_shard(url: str, report: BadSampleReport, keep_raw: bool = False):
     "Samples of one shard: a parquet file (image column + caption columns, as img2dataset writes) or a tar shard."
@@ -257,6 +256,29 @@ def _meta_of(path: Path) -> dict | None:
         m = json.loads((pf.schema_arrow.metadata or {}).get(b'clipq', b'{}'))
         return m if m.get('complete') and m.get('rows') == pf.metadata.num_rows else None
     except Exception: return None
+
+def _column(chunks: list, typ):
+    "One arrow column of type `typ` from per-batch chunks (lists or arrays), empty or not."
+    import pyarrow as pa
+    if pa.types.is_string(typ): return pa.array([v for c in chunks for v in list(c)], type=typ)
+    dt = typ.to_pandas_dtype()
+    return pa.array(np.concatenate([np.asarray(c, dtype=dt) for c in chunks]) if chunks else np.zeros(0, dt), type=typ)
+
+def score_files(out, missing_ok: bool = False) -> list:
+    "The complete clipq score files of folder `out` (or a list of files) as `[(path, metadata)]`; other parquets are skipped with a warning."
+    if isinstance(out, (list, tuple)): files = [Path(f) for f in out]
+    else: files = sorted(Path(out).expanduser().glob('*.parquet'))
+    res, seen, other = [], {}, []
+    for f in files:
+        m = _meta_of(f)
+        if m is None: other.append(f.name); continue
+        sh = norm_shard(m.get('shard', ''))
+        if sh in seen: raise ValueError(f"{seen[sh]} and {f} both hold scores of shard {sh}: remove one (e.g. a file of an older run)")
+        seen[sh] = f; res.append((f, m))
+    if other: get_logger('clipq.scorer').warning('%d parquet files in %s are not complete clipq score files and are ignored: %s',
+                                                 len(other), out, ', '.join(other[:5]))
+    if not res and not missing_ok: raise FileNotFoundError(f"no complete score parquet files in {out}")
+    return res
 
 class _ShardBatches(torch.utils.data.IterableDataset):
     "Packed batches of whole shards (each worker takes every n-th shard); a shard's last batch carries its report."
@@ -280,7 +302,7 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
     from tqdm.auto import tqdm
     if batch_size < 1: raise ValueError(f"batch_size must be positive, got {batch_size}")
     log = get_logger('clipq.scorer')
-    urls = expand_shards(shards) if isinstance(shards, (str, os.PathLike)) else [u for s in shards for u in expand_shards(s)]
+    urls = list(dict.fromkeys(norm_shard(u) for u in expand_shards(shards, exts=SHARD_EXTS)))   # folders: tar shards and parquet files
     names = shard_names(urls)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"output {out} exists and is not a folder")
@@ -290,6 +312,10 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
     todo, done, report = [], [], BadSampleReport(log_first=0)
     for i, (u, n) in enumerate(zip(urls, names)):
         m = _meta_of(out/f'{n}.parquet')
+        if m is not None and norm_shard(m.get('shard', '')) != u:    # a complete file, but of another shard: never taken as done
+            if not overwrite: raise FileExistsError(f"{out/f'{n}.parquet'} holds the scores of shard {m.get('shard')}, not of {u}; "
+                                                    "use another output folder or overwrite=True (--overwrite)")
+            m = None
         if m is not None and m.get('settings') != settings and not overwrite:
             raise FileExistsError(f"{out} holds scores made with other settings ({m.get('settings')}); "
                                   f"use another output folder or overwrite=True (--overwrite)")
@@ -304,12 +330,13 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
     cols = ['key', 'caption_idx', 'source'] + (['caption'] if with_captions else []) + ['cosine', 'clipscore'] + (['refclipscore'] if references is not None else [])
     types = {'key': pa.string(), 'caption_idx': pa.int32(), 'source': pa.string(), 'caption': pa.string(),
              'cosine': pa.float32(), 'clipscore': pa.float32(), 'refclipscore': pa.float32()}
-    pending, failed, n_pairs, n_img, t0 = {}, [], 0, 0, time.time()
+    pending, failed, n_pairs, n_img, n_noref, t0 = {}, [], 0, 0, 0, time.time()
     bar = tqdm(total=len(todo), desc='scoring shards', unit='shard', disable=not progress)
     for b in dl:
         r = scorer.forward(b)
         pending.setdefault(b['shard'], []).append(r)
         n_pairs += len(r['cosine']); n_img += len(b['keys'])
+        if 'refclipscore' in r: n_noref += int(np.isnan(r['refclipscore']).sum())
         if b['last']:
             parts = pending.pop(b['shard'])
             i = b['shard']
@@ -317,7 +344,7 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
             report.merge(rep)
             if rep.counts['unreadable_shard']:                # maybe a passing network/storage error: not complete, retried next run
                 failed.append(urls[i]); bar.update(1); continue
-            tab = pa.table({c: pa.array(np.concatenate([np.asarray(p[c]) for p in parts]) if parts else [], type=types[c]) for c in cols})
+            tab = pa.table({c: _column([p[c] for p in parts], types[c]) for c in cols})      # explicit types: zero rows work too
             meta = {'complete': True, 'rows': tab.num_rows, 'shard': urls[i], 'settings': settings,
                     'report': {**rep.to_dict(), 'events': rep.to_dict()['events'][:100]}}
             tab = tab.replace_schema_metadata({b'clipq': json.dumps(meta).encode()})
@@ -332,18 +359,23 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
                'device': str(scorer.device), 'autocast': str(scorer.dtype) if scorer.dtype else 'fp32',
                'bad_samples': {**report.to_dict(), 'events': report.to_dict()['events'][:1000]},
                'bad_samples_summary': report.summary()}
+    if references is not None: summary['pairs_without_references'] = n_noref
+    files = score_files(out, missing_ok=True)
+    whole = BadSampleReport()
+    for _, m in files: whole.merge(BadSampleReport.from_dict(m.get('report', {})))
+    summary['folder'] = {'note': 'all complete score files in the folder (the counts above are this run\'s)', 'score_files': len(files),
+                         'pairs': sum(m['rows'] for _, m in files), 'bad_samples': {k: v for k, v in whole.to_dict().items() if k != 'events'}}
     with atomic_write(out/'summary.json') as t: t.write_text(json.dumps(summary, indent=1))
+    if n_noref: log.warning('%d pairs have no reference captions for their key: refclipscore is NaN for them', n_noref)
     if report.total: log.warning('bad samples:\n%s', report.summary())
     if failed: log.warning('%d shards could not be read (not marked complete; run again to retry): %s', len(failed), ', '.join(failed[:5]))
     return summary
 
 # %% ../nbs/03_scorer.ipynb #8089a8d5
 def load_scores(out, columns=None):
-    "All score parquets of folder `out` (or a list of files) as one DataFrame, with a `shard` column (the file stem)."
+    "The complete score files of folder `out` (or a list of files) as one DataFrame, with columns `shard` (the file stem) and `source_shard`."
     import pandas as pd
-    files = sorted(Path(out).glob('*.parquet')) if not isinstance(out, (list, tuple)) else [Path(f) for f in out]
-    if not files: raise FileNotFoundError(f"no score parquet files in {out}")
-    dfs = [pd.read_parquet(f, columns=columns).assign(shard=f.stem) for f in files]
+    dfs = [pd.read_parquet(f, columns=columns).assign(shard=f.stem, source_shard=m['shard']) for f, m in score_files(out)]
     return pd.concat(dfs, ignore_index=True)
 
 def load_references(path) -> dict:
@@ -360,6 +392,7 @@ SCORE_COLUMNS = ('cosine', 'clipscore', 'refclipscore')
 
 def _pool(df, score, sources, best_of_k):
     if sources is not None: df = df[df.source.isin(list(sources))]
+    df = df[df[score].notna()]                      # e.g. refclipscore of a caption without references: not rankable
     if best_of_k:
         df = df.sort_values(['key', score, 'caption_idx'], ascending=[True, False, True], kind='stable').drop_duplicates('key', keep='first')
     return df
@@ -380,30 +413,28 @@ def select(scores, score: str = 'clipscore', threshold: float | None = None, top
     if top_percent is not None and not 0 < top_percent <= 100: raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
     cols = ['key', 'caption_idx', 'source', score]
     if isinstance(scores, pd.DataFrame): parts = [scores if 'shard' in scores else scores.assign(shard='')]
-    else:
-        files = sorted(Path(scores).glob('*.parquet')) if not isinstance(scores, (list, tuple)) else [Path(f) for f in scores]
-        if not files: raise FileNotFoundError(f"no score parquet files in {scores}")
-        parts = files
+    else: parts = score_files(scores)
     def load(p):
         if isinstance(p, pd.DataFrame): return p
+        f, m = p
         import pyarrow.parquet as pq
-        names = pq.ParquetFile(p).schema_arrow.names
-        if score not in names: raise ValueError(f"{p} has no {score!r} column (columns: {names})")
-        return pd.read_parquet(p, columns=cols).assign(shard=p.stem)
-    if top_percent is not None:
-        threshold = pool_threshold(np.concatenate([_pool(load(p), score, sources, best_of_k)[score].to_numpy() for p in parts]), top_percent)
-    kept, pool, pairs = [], 0, 0
-    for p in parts:
-        d0 = load(p); d = _pool(d0, score, sources, best_of_k)
-        pairs += len(d0); pool += len(d)
-        if threshold is not None: d = d[d[score] >= threshold]
-        kept.append(d[cols + ['shard']])
+        names = pq.ParquetFile(f).schema_arrow.names
+        if score not in names: raise ValueError(f"{f} has no {score!r} column (columns: {names})")
+        return pd.read_parquet(f, columns=cols).assign(shard=f.stem, source_shard=m['shard'])
+    pooled, pairs = [], 0
+    for p in parts:                                  # each file is read once
+        d0 = load(p); pairs += len(d0)
+        pooled.append(_pool(d0, score, sources, best_of_k))
+    pool = sum(len(d) for d in pooled)
+    if top_percent is not None: threshold = pool_threshold(np.concatenate([d[score].to_numpy() for d in pooled]), top_percent)
+    out_cols = cols + ['shard'] + (['source_shard'] if all('source_shard' in d for d in pooled) else [])
+    kept = [(d[d[score] >= threshold] if threshold is not None else d)[out_cols] for d in pooled]
     res = pd.concat(kept, ignore_index=True)
     res.attrs.update(threshold=threshold, pool=pool, pairs=pairs, score=score)
     return res
 
 def write_selection(sel, path, overwrite: bool = False) -> Path:
-    "Write a selection (key, caption_idx, source, score, shard) as a parquet, atomically (an existing file only with `overwrite`)."
+    "Write a selection (key, caption_idx, source, score, shard, source_shard) as a parquet, atomically (an existing file only with `overwrite`)."
     path = Path(path).expanduser()
     if path.exists() and not overwrite: raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     with atomic_write(path) as t: sel.to_parquet(t, index=False)
@@ -415,12 +446,10 @@ def write_selected_shards(sel, out, score_dir=None, shard_size: int = 1000, shar
     "Copy the samples of selection `sel` from their source shards into new tar shards in `out`; returns counts."
     from clipq.core import atomic_dir
     from clipq.data import write_shards
+    if shards is None and 'source_shard' in sel: shards = dict(zip(sel['shard'], sel['source_shard']))
     if shards is None:
         if score_dir is None: raise ValueError("pass score_dir (to find the source shards) or shards={score-file stem: shard url}")
-        shards = {}
-        for f in sorted(Path(score_dir).glob('*.parquet')):
-            m = _meta_of(f)
-            if m is not None: shards[f.stem] = m['shard']
+        shards = {f.stem: m['shard'] for f, m in score_files(score_dir)}
     by_key = {}
     for k, ci, src, sc, sh in sel[['key', 'caption_idx', 'source', sel.columns[3], 'shard']].itertuples(index=False):
         by_key.setdefault((sh, k), []).append((int(ci), float(sc)))
@@ -434,14 +463,19 @@ def write_selected_shards(sel, out, score_dir=None, shard_size: int = 1000, shar
                 chosen = by_key[(sh, s.key)]
                 idx = sorted(ci for ci, _ in chosen)
                 members = dict(s.raw) if s.raw is not None else sample_members(s)
+                note = {'caption_idx': idx, 'score': [sc for _, sc in sorted(chosen)], 'shard': norm_shard(shards[sh])}
                 if set(idx) != set(s.caption_ids):
                     pos = [s.caption_ids.index(ci) for ci in idx if ci in s.caption_ids]
                     meta = dict(s.meta)
                     for k in ('scores', 'caption_stats'):
                         if isinstance(meta.get(k), list) and len(meta[k]) > max(idx): meta[k] = [meta[k][ci] for ci in idx]
                     meta.update(captions=[s.captions[p] for p in pos], sources=[s.sources[p] for p in pos],
-                                clipq_selection={'caption_idx': idx, 'score': [sc for _, sc in sorted(chosen)]})
+                                clipq_selection=note)
                     members['json'] = json.dumps(meta).encode()
+                else:                                    # whole sample: members unchanged, its source noted in the .json
+                    try: meta = json.loads(members['json']) if 'json' in members else {}
+                    except ValueError: meta = None
+                    if isinstance(meta, dict): members['json'] = json.dumps({**meta, 'clipq_selection': note}).encode()
                 found.add((sh, s.key))
                 yield {'__key__': s.key, **members}
     found = set()
