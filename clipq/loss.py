@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_loss.ipynb #eba07404
 from __future__ import annotations
-import functools, importlib.util, math, os
+import contextlib, functools, importlib.util, math, os
 from typing import Sequence
 
 import torch
@@ -26,7 +26,7 @@ def _as_scale(logit_scale, ref: torch.Tensor) -> torch.Tensor:
     "`logit_scale` as a 0-d tensor on `ref`'s device (kept in the autograd graph when it is a tensor)."
     if not isinstance(logit_scale, torch.Tensor): logit_scale = torch.tensor(float(logit_scale), device=ref.device)
     if logit_scale.numel() != 1: raise ValueError(f"logit_scale must hold one number, got shape {tuple(logit_scale.shape)}")
-    return logit_scale.reshape(())
+    return logit_scale.reshape(()).to(ref.device)              # a CPU scalar with CUDA features: moved (autograd follows)
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, same_n: bool = True):
     "Clear errors for feature shapes the losses cannot take."
@@ -48,9 +48,21 @@ def _default_chunk(n: int, m: int, budget: int = 1 << 22) -> int:
     "Rows per block so that one block of logits holds about `budget` fp32 numbers (16 MiB)."
     return max(16, min(n, budget // max(m, 1)))
 
+def _autocast_off(fn):
+    """Run an autograd.Function's `forward`/`backward` with autocast disabled on its tensors' device: under
+    `torch.autocast` the matmuls would otherwise run in bf16 in one pass and in fp32 in the other, and the
+    saved log-sum-exps would not match the recomputed logits."""
+    @functools.wraps(fn)
+    def run(ctx, *args):
+        t = next((x for x in args if isinstance(x, torch.Tensor)), None)
+        if t is None: t = ctx.saved_tensors[0]
+        with torch.autocast(device_type=t.device.type, enabled=False): return fn(ctx, *args)
+    return run
+
 class _LSE2Chunked(torch.autograd.Function):
     "Row (and column) log-sum-exp of `scale * a @ b.T`, streamed over row blocks; recomputed in backward."
     @staticmethod
+    @_autocast_off
     def forward(ctx, a, b, scale, with_col: bool, chunk: int):
         af, bf, s = a.float(), b.float(), scale.detach().float()
         n, m = af.shape[0], bf.shape[0]
@@ -70,6 +82,7 @@ class _LSE2Chunked(torch.autograd.Function):
         return row, col
 
     @staticmethod
+    @_autocast_off
     def backward(ctx, g_row, g_col):
         a, b, scale, row, col = ctx.saved_tensors
         af, bf, s = a.float(), b.float(), scale.detach().float()
@@ -141,7 +154,7 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     row, col = pairwise_logsumexp(image_features, text_features, s, True, impl, chunk_size)
     return (row.mean() + col.mean()) / 2 - _diag_logits(image_features, text_features, s).mean()
 
-# %% ../nbs/04_loss.ipynb #5157d13a
+# %% ../nbs/04_loss.ipynb #c9c0d0e3
 @functools.cache
 def _triton_kernels():
     "Compile-on-first-use Triton kernels: fused pairwise log-sum-exp and SigLIP softplus sum, forward and backward."
@@ -198,12 +211,13 @@ def _triton_kernels():
             tl.store(ROW + rows, m_i + tl.log(tl.where(rmask, l_i, 1.)), mask=rmask)
 
     @triton.jit
-    def lse2_bwd(A, B, SCALE, ROW, COL, GROW, GCOL, GBR, GAC, n, m, D, sa, sb,
+    def lse2_bwd(A, B, SCALE, ROW, COL, GROW, GCOL, GINV, GBR, GAC, n, m, D, sa, sb,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WITH_COL: tl.constexpr, UPCAST: tl.constexpr):
-        "GBR[rows] += G @ B (own rows, plain stores); GAC[cols] += G.T @ A (shared, atomic adds)."
+        "GBR[rows] += G @ B (own rows, plain stores); GAC[cols] += G.T @ A (shared, atomic adds); G times GINV (1 / the caller's gradient scale)."
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         scale = tl.load(SCALE).to(tl.float32)
+        ginv = tl.load(GINV).to(tl.float32)
         for rb in range(pid, tl.cdiv(n, BM), nprog):
             rows = (rb * BM + tl.arange(0, BM)).to(tl.int64)
             rmask = rows < n
@@ -219,7 +233,7 @@ def _triton_kernels():
                     c = tl.load(COL + cols, mask=cmask, other=0.)
                     gc = tl.load(GCOL + cols, mask=cmask, other=0.)
                     p += tl.exp(s - c[None, :]) * gc[None, :]
-                p = tl.where(valid, p, 0.)
+                p = tl.where(valid, p, 0.) * ginv        # |p| <= 2: no fp16/bf16 underflow of tiny upstream gradients
                 for k0 in range(0, D, BK):
                     kk = k0 + tl.arange(0, BK)
                     kmask = kk < D
@@ -261,7 +275,7 @@ def _triton_kernels():
     @triton.jit
     def softplus_bwd(A, B, SCALE, BIAS, G, GBR, GAC, GBIAS, n, m, D, sa, sb,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr):
-        "With P = g * sigmoid(z): GBR[rows] += P @ B, GAC[cols] += P.T @ A (atomic), GBIAS[pid] = sum P."
+        "With P = g * sigmoid(z) (g divided by the caller's gradient scale, so |P| <= 1; the caller multiplies back): GBR[rows] += P @ B, GAC[cols] += P.T @ A (atomic), GBIAS[pid] = sum P."
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         scale = tl.load(SCALE).to(tl.float32)
@@ -314,6 +328,19 @@ def _grid(x: torch.Tensor, n: int, bm: int) -> int:
 
 def _cdiv(a: int, b: int) -> int: return -(-a // b)
 
+def _on_device(x: torch.Tensor):
+    "Kernel launches go to `x`'s GPU (a tensor on cuda:1 while cuda:0 is current); nothing on the CPU."
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+def _grad_scale(*gs: torch.Tensor) -> torch.Tensor:
+    """A power of two at least the largest |g| (clamped to 2^±126; 1 when all are 0 or not finite). The backward
+    kernels work on p / scale, so |p| <= 2 before it is cast to fp16/bf16 for the tensor cores: a softmax times
+    g ~ 1/(2N) would otherwise underflow in fp16 at large N. Dividing and multiplying by a power of two is exact."""
+    gmax = torch.stack([g.detach().float().abs().amax() for g in gs]).amax()
+    ok = torch.isfinite(gmax) & (gmax > 0)
+    e = torch.frexp(torch.where(ok, gmax, torch.ones_like(gmax))).exponent.clamp(-126, 126)
+    return torch.ldexp(torch.ones_like(gmax), e)
+
 class _LSE2Fused(torch.autograd.Function):
     "Row (and column) log-sum-exp of `scale * a @ b.T` with the fused Triton kernels."
     @staticmethod
@@ -328,8 +355,9 @@ class _LSE2Fused(torch.autograd.Function):
         row = torch.empty(n, device=a.device, dtype=torch.float32)
         cmax = torch.full((nprog if with_col else 1, m), -math.inf, device=a.device, dtype=torch.float32)
         csum = torch.zeros_like(cmax)
-        fwd[(nprog,)](a, b, s, row, cmax, csum, n, m, d, a.stride(0), b.stride(0), WITH_COL=with_col, **cfg)
-        col = torch.logsumexp(cmax + csum.log(), dim=0) if with_col else None
+        with _on_device(a):
+            fwd[(nprog,)](a, b, s, row, cmax, csum, n, m, d, a.stride(0), b.stride(0), WITH_COL=with_col, **cfg)
+        col = torch.logsumexp(csum.log_().add_(cmax), dim=0) if with_col else None   # in place: one programs x m buffer less
         ctx.save_for_backward(a, b, scale, row, col)
         ctx.with_col = with_col
         return row, col
@@ -345,10 +373,14 @@ class _LSE2Fused(torch.autograd.Function):
         g_row = torch.zeros_like(row) if g_row is None else g_row.float().contiguous()
         with_col = ctx.with_col and g_col is not None
         g_col = g_col.float().contiguous() if with_col else row.new_zeros(1)
+        gsc = _grad_scale(g_row, g_col)
+        ginv = (1 / gsc).reshape(1)
         gbr = torch.zeros(n, d, device=a.device, dtype=torch.float32)
         gac = torch.zeros(m, d, device=a.device, dtype=torch.float32)
-        bwd[(nprog,)](a, b, s, row, col if with_col else row, g_row, g_col, gbr, gac, n, m, d,
-                      a.stride(0), b.stride(0), WITH_COL=with_col, **cfg)
+        with _on_device(a):
+            bwd[(nprog,)](a, b, s, row, col if with_col else row, g_row, g_col, ginv, gbr, gac, n, m, d,
+                          a.stride(0), b.stride(0), WITH_COL=with_col, **cfg)
+        gbr.mul_(gsc); gac.mul_(gsc)
         ga = (gbr * s).to(a.dtype) if ctx.needs_input_grad[0] else None
         gb = (gac * s).to(b.dtype) if ctx.needs_input_grad[1] else None
         gs = (a.float() * gbr).sum().to(scale.dtype) if ctx.needs_input_grad[2] else None
@@ -446,7 +478,7 @@ class ClipLoss(nn.Module):
 def multi_caption_loss(image_features: torch.Tensor, text_features: torch.Tensor | Sequence[torch.Tensor], logit_scale,
                        reduction: str = 'mean', weights: Sequence[float] | None = None,
                        impl: str = 'auto', chunk_size: int | None = None) -> torch.Tensor:
-    "CLIP loss with K captions per image: `text_features` (N, K, D) or K tensors (N, D); `reduction` mean | sum | multi_positive."
+    "CLIP loss with K captions per image: `text_features` (N, K, D) or K tensors (N, D); `reduction` mean (weighted mean with `weights`) | sum | multi_positive."
     if not isinstance(text_features, torch.Tensor): text_features = torch.stack(list(text_features), dim=1)
     if text_features.ndim == 2: text_features = text_features[:, None]
     n, k, d = text_features.shape
@@ -454,10 +486,12 @@ def multi_caption_loss(image_features: torch.Tensor, text_features: torch.Tensor
     s = _as_scale(logit_scale, image_features)
     if reduction in ('mean', 'sum'):
         losses = torch.stack([contrastive_loss(image_features, text_features[:, j], s, impl, chunk_size) for j in range(k)])
-        if weights is not None:
-            if len(weights) != k: raise ValueError(f"{len(weights)} weights for {k} caption sources")
-            losses = losses * torch.as_tensor(weights, dtype=losses.dtype, device=losses.device)
-        return losses.mean() if reduction == 'mean' else losses.sum()
+        if weights is None: return losses.mean() if reduction == 'mean' else losses.sum()
+        if len(weights) != k: raise ValueError(f"{len(weights)} weights for {k} caption sources")
+        w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device)
+        if reduction == 'sum': return (losses * w).sum()
+        if not w.sum() > 0: raise ValueError(f"reduction='mean' needs weights with a positive sum, got {list(weights)}")
+        return (losses * w).sum() / w.sum()
     if reduction != 'multi_positive': raise ValueError(f"reduction must be 'mean', 'sum' or 'multi_positive', got {reduction!r}")
     flat = text_features.reshape(n * k, d)
     row, col = pairwise_logsumexp(image_features, flat, s, True, impl, chunk_size)
@@ -468,6 +502,7 @@ def multi_caption_loss(image_features: torch.Tensor, text_features: torch.Tensor
 class _SoftplusSumChunked(torch.autograd.Function):
     "sum_ij softplus(scale * a_i . b_j + bias), streamed over row blocks, recomputed in backward."
     @staticmethod
+    @_autocast_off
     def forward(ctx, a, b, scale, bias, chunk: int):
         af, bf, s, bb = a.float(), b.float(), scale.detach().float(), bias.detach().float()
         total = af.new_zeros(())
@@ -478,6 +513,7 @@ class _SoftplusSumChunked(torch.autograd.Function):
         return total
 
     @staticmethod
+    @_autocast_off
     def backward(ctx, g):
         a, b, scale, bias = ctx.saved_tensors
         af, bf, s, bb = a.float(), b.float(), scale.detach().float(), bias.detach().float()
@@ -503,7 +539,7 @@ class _SoftplusSumFused(torch.autograd.Function):
         nprog = _grid(a, n, cfg['BM'])
         s, bb = (t.detach().float().reshape(1).contiguous() for t in (scale, bias))
         part = torch.zeros(nprog, device=a.device, dtype=torch.float32)
-        _triton_kernels()[2][(nprog,)](a, b, s, bb, part, n, m, d, a.stride(0), b.stride(0), **cfg)
+        with _on_device(a): _triton_kernels()[2][(nprog,)](a, b, s, bb, part, n, m, d, a.stride(0), b.stride(0), **cfg)
         ctx.save_for_backward(a, b, scale, bias)
         return part.sum()
 
@@ -517,8 +553,11 @@ class _SoftplusSumFused(torch.autograd.Function):
         gbr = torch.zeros(n, d, device=a.device, dtype=torch.float32)
         gac = torch.zeros(m, d, device=a.device, dtype=torch.float32)
         gbias = torch.zeros(nprog, device=a.device, dtype=torch.float32)
-        _triton_kernels()[3][(nprog,)](a, b, s, bb, g.float().reshape(1).contiguous(), gbr, gac, gbias, n, m, d,
-                                       a.stride(0), b.stride(0), **cfg)
+        gsc = _grad_scale(g)
+        with _on_device(a):
+            _triton_kernels()[3][(nprog,)](a, b, s, bb, (g.detach().float() / gsc).reshape(1).contiguous(), gbr, gac, gbias,
+                                           n, m, d, a.stride(0), b.stride(0), **cfg)
+        gbr.mul_(gsc); gac.mul_(gsc); gbias.mul_(gsc)
         ga = (gbr * s).to(a.dtype) if ctx.needs_input_grad[0] else None
         gb = (gac * s).to(b.dtype) if ctx.needs_input_grad[1] else None
         gs = (a.float() * gbr).sum().to(scale.dtype) if ctx.needs_input_grad[2] else None
