@@ -286,11 +286,11 @@ class FeaturesBackbone(DenseBackbone):
 @dataclass
 class TransferReport:
     "What a weight transfer into a backbone did."
-    loaded: int = 0                                        # tensors copied into the trunk
+    loaded: int = 0                                        # tensors copied into the trunk (and the pyramid, from a clipq backbone's own state dict)
     missing: list[str] = field(default_factory=list)       # trunk keys the source lacked (left at init)
     unexpected: list[str] = field(default_factory=list)    # image-tower keys of the source with no place in the backbone
     skipped: int = 0                                       # source keys outside the image tower (text tower, logit_scale, ...)
-    new: list[str] = field(default_factory=list)           # keys of the freshly initialised layers (pyramid)
+    new: list[str] = field(default_factory=list)           # keys of the freshly initialised layers (pyramid), not in the source
 
     @property
     def ok(self) -> bool: return not self.missing
@@ -333,19 +333,28 @@ def _features_source(sd: dict, trunk: nn.Module) -> tuple[dict, list]:
     return out, extra
 
 def load_backbone_weights(backbone: DenseBackbone, source, strict: bool = True) -> TransferReport:
-    "Load an image tower's weights (CLIP model/state dict/file, timm or MAE state dict) into `backbone.trunk`; returns a `TransferReport`."
-    sd, skipped = _image_tower_sd(read_state_dict(source))
+    "Load an image tower's weights (CLIP model/state dict/file, timm or MAE state dict, or a clipq backbone's own, pyramid included) into `backbone`; returns a `TransferReport`."
+    vis, skipped = _image_tower_sd(read_state_dict(source))
     conv = _vit_source if isinstance(backbone, ViTBackbone) else _features_source
-    sd, extra = conv(sd, backbone.trunk)
+    sd, extra = conv(vis, backbone.trunk)
     try: res = backbone.trunk.load_state_dict(sd, strict=False)
     except RuntimeError as e:
         raise RuntimeError(f"weights do not fit backbone {backbone.name!r} (another architecture or width?):\n{e}") from e
     own = backbone.trunk.state_dict()
-    rep = TransferReport(loaded=sum(k in own for k in sd), missing=list(res.missing_keys),
-                         unexpected=list(res.unexpected_keys) + extra, skipped=skipped,
-                         new=[k for k in backbone.state_dict() if not k.startswith('trunk.')])
-    backbone.transfer_report = rep
     log = get_logger('clipq.models')
+    # a clipq backbone's own state dict also holds the trained non-trunk layers (`pyramid.*`): load them too
+    head = {k: v for k, v in backbone.state_dict().items() if not k.startswith('trunk.')}
+    src_head = {k.removeprefix('visual.'): vis[k] for k in extra if k.removeprefix('visual.') in head}
+    fits = {k: v for k, v in src_head.items() if v.shape == head[k].shape}
+    if len(fits) < len(src_head):
+        bad = [k for k in src_head if k not in fits]
+        log.warning(f"{backbone.name}: {len(bad)} pyramid weights of the source have other shapes than this backbone's "
+                    f"(another strides/out_chans?) and stay at initialisation: {bad[:5]}")
+    if fits: backbone.load_state_dict(fits, strict=False)
+    rep = TransferReport(loaded=sum(k in own for k in sd) + len(fits), missing=list(res.missing_keys),
+                         unexpected=list(res.unexpected_keys) + [k for k in extra if k.removeprefix('visual.') not in fits],
+                         skipped=skipped, new=[k for k in head if k not in fits])
+    backbone.transfer_report = rep
     if rep.missing and strict:
         raise RuntimeError(f"{len(rep.missing)} weights of backbone {backbone.name!r} are missing from the source "
                            f"(e.g. {rep.missing[:5]}): not a checkpoint of this tower? Pass strict=False to accept. {rep}")
@@ -391,6 +400,9 @@ def _build(name_or_visual, img_size, out_indices, strides, out_chans, norm, drop
         trunk = timm.create_model(timm_name, pretrained=False, **vit_kw, **extra)
         return ViTBackbone(trunk, out_indices, strides, out_chans, norm, name=timm_name)
     if tuple(strides) != (4, 8, 16, 32) or out_chans: raise ValueError("strides/out_chans apply to ViT backbones only")
+    if img_size is not None or not norm:
+        raise ValueError(f"img_size/norm apply to ViT backbones only; {timm_name!r} is hierarchical (it takes any input size "
+                         f"and has no final norm to apply): leave img_size=None and norm=True")
     return FeaturesBackbone(timm_name, **({} if out_indices is None else dict(out_indices=out_indices)),
                             **(dict(drop_path_rate=drop_path_rate) if drop_path_rate else {}))
 
