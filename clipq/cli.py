@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cli.ipynb #07dbfdc3
 from __future__ import annotations
-import argparse, signal, sys, threading
+import argparse, signal, threading
 from pathlib import Path
 
 from . import __version__
@@ -65,13 +65,15 @@ def _synth(p):
          description="Score every (image, caption) pair of webdataset tar shards (or of parquet files holding the images) - every candidate caption when a "
          "sample has several (alt-text and synthetic captions) - with an open_clip model: cosine similarity and "
          "CLIPScore (2.5*max(cos, 0), text prefixed by 'A photo depicts'), RefCLIPScore with --references. "
-         "Writes OUT/<shard>.parquet (key, caption_idx, source, cosine, clipscore) per shard, atomically, and "
-         "OUT/summary.json (pairs, speed, settings, bad samples by kind with shard and key). Running the same "
-         "command again resumes: complete shards are skipped. Without --pretrained or --checkpoint the model "
+         "Writes OUT/<shard>-<hash>.parquet (key, caption_idx, source, cosine, clipscore) per shard (the hash tells "
+         "shards of the same file name in other folders apart), atomically, and OUT/summary.json (this run's pairs, "
+         "speed, settings, bad samples by kind with shard and key; under 'folder', totals of every score file in OUT). "
+         "Pairs whose key has no reference caption get refclipscore NaN and are counted. Running the same "
+         "command again resumes: shards whose score file is complete, of the same shard and settings, are skipped. Without --pretrained or --checkpoint the model "
          "is randomly initialised (scores are then meaningless).")
 def _score(p):
     from clipq.scorer import CLIPSCORE_PREFIX
-    p.add_argument('shards', nargs='+', help='tar shards (or parquet files holding the images): paths, folders of .tar shards, globs, brace patterns (shard-{000000..000099}.tar), fsspec URLs')
+    p.add_argument('shards', nargs='+', help='tar shards (or parquet files holding the images): paths, folders of .tar shards / .parquet files, globs, brace patterns (shard-{000000..000099}.tar), fsspec URLs')
     p.add_argument('--model', required=True, help='open_clip model name (e.g. ViT-B-32) or path to an open_clip model config .json')
     w = p.add_mutually_exclusive_group()
     w.add_argument('--pretrained', metavar='TAG', help="released weights tag, downloaded by open_clip (e.g. 'openai'; needs network or cache)")
@@ -94,6 +96,8 @@ def _score(p):
         print(f"scored {s['scored']} shards ({s['skipped_complete']} already complete) of {s['shards']}: {s['pairs_scored']} pairs "
               f"of {s['images_scored']} images in {s['seconds']}s ({s['pairs_per_s']} pairs/s, {s['device']}, {s['autocast']})\n"
               f"bad samples: {s['bad_samples_summary']}\nscores: {s['out']}")
+        if s.get('pairs_without_references'):
+            print(f"{s['pairs_without_references']} pairs have no reference captions for their key: refclipscore is NaN for them")
         if s['failed_shards']:
             print(f"{len(s['failed_shards'])} shards could not be read and were not scored (run again to retry): "
                   + ', '.join(s['failed_shards'][:5]))
@@ -104,9 +108,10 @@ def _score(p):
          description="Select from the score files of 'clipq score': keep pairs whose score is at least --threshold, or "
          "the top --top-percent of the whole pool (DataComp semantics: the fraction becomes one threshold over all "
          "shards; ties at the cut are kept), optionally only captions of some --sources and/or only each image's "
-         "best caption (--best-of-k). Writes OUT, a parquet of key, caption_idx, source, score and shard that "
-         "'clipq train' and clipq.data.train_loader(keep=OUT) read; with --shards-out also new tar shards with the "
-         "kept samples, each narrowed to its kept captions.")
+         "best caption (--best-of-k). Only complete score files of SCORES are read (other parquets there are "
+         "skipped). Writes OUT, a parquet of key, caption_idx, source, score, shard and source_shard that "
+         "clipq.data.train_loader(keep=OUT) reads, with the original shards or with the --shards-out shards: "
+         "new tar shards with the kept samples, each narrowed to its kept captions (which keep their original caption_idx).")
 def _filter(p):
     p.add_argument('scores', help="folder of score parquets written by 'clipq score'")
     p.add_argument('--out', required=True, help='selection parquet to write')

@@ -57,7 +57,7 @@ def test_score_output_matches_the_api(world):
     assert len(ref) == N_SHARDS
     sc = Scorer.from_name(str(world/'tiny.json'), checkpoint=world/'tiny.pt')
     df = sc.score_samples(read_wds(world/'w/train/shard-000005.tar'), batch_size=3)
-    got = ref['shard-000005.parquet']
+    got = next(v for k, v in ref.items() if k.startswith('shard-000005-'))
     assert list(got.columns) == ['key', 'caption_idx', 'source', 'cosine', 'clipscore']
     assert (got.key.values == df.key.values).all() and (got.caption_idx.values == df.caption_idx.values).all()
     assert abs(got.cosine.values - df.cosine.values).max() < 1e-5
@@ -126,8 +126,51 @@ def test_filter_end_to_end(world, tmp_path):
     _, pre, tok = load_clip(str(world/'tiny.json'))
     xb, tb = next(iter(train_loader(world/'w/train', pre, tok, batch_size=1000, workers=0, shuffle=0, keep=tmp_path/'sel.parquet', drop_last=False)))
     assert len(xb) == n_img//4
+    # the narrowed shards and the selection work together: the same samples with the same chosen captions
+    xk, tk = next(iter(train_loader(tmp_path/'kept', pre, tok, batch_size=1000, workers=0, shuffle=0, keep=tmp_path/'sel.parquet', drop_last=False)))
+    assert len(xk) == n_img//4 and sorted(map(tuple, tk.tolist())) == sorted(map(tuple, tb.tolist()))
+    # a selection saved inside the scores folder is not read back as scores
+    r = run('filter', world/'ref', '--out', world/'ref/sel-inside.parquet', '--best-of-k', '--threshold', '-1', '--overwrite')
+    assert r.returncode == 0 and f'kept {n_img} of {n_img} images' in r.stdout, r.stdout + r.stderr
+    r = run('filter', world/'ref', '--out', world/'ref/sel-inside.parquet', '--best-of-k', '--threshold', '-1', '--overwrite')
+    assert r.returncode == 0 and f'kept {n_img} of {n_img} images (best caption each) ({n_img} images' in r.stdout, r.stdout + r.stderr
+    assert 'ignored: sel-inside.parquet' in r.stderr
+    (world/'ref/sel-inside.parquet').unlink()
     # DataComp-style: alt-text only, a threshold
     r = run('filter', world/'ref', '--out', tmp_path/'alt.parquet', '--sources', 'alt', '--threshold', '0', '--score', 'cosine')
     assert r.returncode == 0, r.stderr
     alt = pd.read_parquet(tmp_path/'alt.parquet')
     assert set(alt.source) <= {'alt'} and (alt.cosine >= 0).all()
+
+
+def test_same_file_names_empty_shards_and_parquet_folders(world, tmp_path):
+    "train/shard-000000.tar and val/shard-000000.tar get their own score files; empty and all-corrupt shards do not stop a job; folders of parquets are shards."
+    import shutil
+    import pyarrow as pa, pyarrow.parquet as pq
+    from clipq.data import read_wds, write_tar
+    base = ['--model', world/'tiny.json', '--checkpoint', world/'tiny.pt', '--workers', '0', '--no-progress']
+    for split, src in (('train', 0), ('val', 1)):
+        (tmp_path/split).mkdir(); shutil.copy(world/f'w/train/shard-00000{src}.tar', tmp_path/split/'shard-000000.tar')
+    r = run('score', tmp_path/'train', '--out', tmp_path/'sc', *base)
+    assert r.returncode == 0 and 'scored 1 shards (0 already complete)' in r.stdout, r.stdout + r.stderr
+    r = run('score', tmp_path/'val', '--out', tmp_path/'sc', *base)
+    assert r.returncode == 0 and 'scored 1 shards (0 already complete)' in r.stdout, r.stdout + r.stderr
+    assert len(scores(tmp_path/'sc')) == 2
+    summary = json.loads((tmp_path/'sc/summary.json').read_text())
+    assert summary['pairs_scored'] == 4*6 and summary['folder']['pairs'] == 2*4*6 and summary['folder']['score_files'] == 2
+    r = run('filter', tmp_path/'sc', '--out', tmp_path/'sel.parquet', '--threshold', '-1', '--score', 'cosine')
+    assert r.returncode == 0 and 'kept 48 of 48 pairs (8 images' in r.stdout, r.stdout + r.stderr
+    # an empty shard and an all-corrupt shard next to a good one
+    (tmp_path/'few').mkdir()
+    write_tar(tmp_path/'few/empty.tar', [])
+    write_tar(tmp_path/'few/allbad.tar', [{'__key__': 'x', 'jpg': b'not a jpeg', 'txt': b'a caption'}])
+    shutil.copy(world/'w/train/shard-000002.tar', tmp_path/'few/good.tar')
+    r = run('score', tmp_path/'few', '--out', tmp_path/'fsc', *base)
+    assert r.returncode == 0 and 'scored 3 shards' in r.stdout and 'corrupt_image: 1' in r.stdout, r.stdout + r.stderr
+    assert sorted(len(d) for d in scores(tmp_path/'fsc').values()) == [0, 0, 24]
+    assert json.loads((tmp_path/'fsc/summary.json').read_text())['pairs_scored'] == 24
+    # a folder of parquet files holding the images
+    rows = [{'key': s.key, 'jpg': s.raw['jpg'], 'caption': s.by_source(True)[0]} for s in read_wds(world/'w/train/shard-000003.tar', keep_raw=True)]
+    (tmp_path/'pq').mkdir(); pq.write_table(pa.Table.from_pylist(rows), tmp_path/'pq/part-0.parquet')
+    r = run('score', tmp_path/'pq', '--out', tmp_path/'psc', *base)
+    assert r.returncode == 0 and 'scored 1 shards' in r.stdout and ': 4 pairs' in r.stdout, r.stdout + r.stderr
