@@ -96,6 +96,8 @@ def _score(p):
         print(f"scored {s['scored']} shards ({s['skipped_complete']} already complete) of {s['shards']}: {s['pairs_scored']} pairs "
               f"of {s['images_scored']} images in {s['seconds']}s ({s['pairs_per_s']} pairs/s, {s['device']}, {s['autocast']})\n"
               f"bad samples: {s['bad_samples_summary']}\nscores: {s['out']}")
+        if s.get('captions_truncated'):
+            print(f"{s['captions_truncated']} captions are longer than the tokenizer context: scored on their first tokens only")
         if s.get('pairs_without_references'):
             print(f"{s['pairs_without_references']} pairs have no reference captions for their key: refclipscore is NaN for them")
         if s['failed_shards']:

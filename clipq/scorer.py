@@ -126,6 +126,13 @@ class Scorer:
 
     def tokenize(self, captions: list) -> torch.Tensor: return self.tokenizer(self.texts(captions))
 
+    def n_truncated(self, captions: list) -> int:
+        "How many of `captions` (with the prefix) the tokenizer cuts to its context length (counted, not an error)."
+        tok, L = self.tokenizer, getattr(self.tokenizer, 'context_length', None)
+        if L is None or not captions: return 0
+        if hasattr(tok, 'encode'): return sum(len(tok.encode(t)) + 2 > L for t in self.texts(captions))   # + start and end tokens
+        return int((self.tokenize(captions)[:, -1] != 0).sum())         # other tokenizers: the last position is used
+
     def images(self, images: list) -> torch.Tensor: return torch.stack([self.preprocess(im) for im in images])
 
     @torch.no_grad()
@@ -187,6 +194,7 @@ class Scorer:
                 r = references(s) if callable(references) else references.get(s.key, [])
                 refs += list(r); ref_owner += [i]*len(r)
         b['tokens'] = self.tokenize(b['caption']) if b['caption'] else None
+        b['truncated'] = self.n_truncated(b['caption'])
         b['has_refs'] = references is not None
         b['ref_tokens'] = self.tokenize(refs) if refs else None
         b['ref_owner'] = ref_owner
@@ -330,12 +338,12 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
     cols = ['key', 'caption_idx', 'source'] + (['caption'] if with_captions else []) + ['cosine', 'clipscore'] + (['refclipscore'] if references is not None else [])
     types = {'key': pa.string(), 'caption_idx': pa.int32(), 'source': pa.string(), 'caption': pa.string(),
              'cosine': pa.float32(), 'clipscore': pa.float32(), 'refclipscore': pa.float32()}
-    pending, failed, n_pairs, n_img, n_noref, t0 = {}, [], 0, 0, 0, time.time()
+    pending, failed, n_pairs, n_img, n_noref, n_trunc, t0 = {}, [], 0, 0, 0, 0, time.time()
     bar = tqdm(total=len(todo), desc='scoring shards', unit='shard', disable=not progress)
     for b in dl:
         r = scorer.forward(b)
         pending.setdefault(b['shard'], []).append(r)
-        n_pairs += len(r['cosine']); n_img += len(b['keys'])
+        n_pairs += len(r['cosine']); n_img += len(b['keys']); n_trunc += b.get('truncated', 0)
         if 'refclipscore' in r: n_noref += int(np.isnan(r['refclipscore']).sum())
         if b['last']:
             parts = pending.pop(b['shard'])
@@ -359,6 +367,7 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
                'device': str(scorer.device), 'autocast': str(scorer.dtype) if scorer.dtype else 'fp32',
                'bad_samples': {**report.to_dict(), 'events': report.to_dict()['events'][:1000]},
                'bad_samples_summary': report.summary()}
+    summary['captions_truncated'] = n_trunc           # longer than the text tower's context: scored on their first tokens
     if references is not None: summary['pairs_without_references'] = n_noref
     files = score_files(out, missing_ok=True)
     whole = BadSampleReport()
@@ -366,6 +375,7 @@ def score_shards(shards, out, scorer: Scorer, batch_size: int = 256, workers: in
     summary['folder'] = {'note': 'all complete score files in the folder (the counts above are this run\'s)', 'score_files': len(files),
                          'pairs': sum(m['rows'] for _, m in files), 'bad_samples': {k: v for k, v in whole.to_dict().items() if k != 'events'}}
     with atomic_write(out/'summary.json') as t: t.write_text(json.dumps(summary, indent=1))
+    if n_trunc: log.warning('%d captions are longer than the tokenizer context and were scored on their first tokens only', n_trunc)
     if n_noref: log.warning('%d pairs have no reference captions for their key: refclipscore is NaN for them', n_noref)
     if report.total: log.warning('bad samples:\n%s', report.summary())
     if failed: log.warning('%d shards could not be read (not marked complete; run again to retry): %s', len(failed), ', '.join(failed[:5]))

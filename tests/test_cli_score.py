@@ -63,6 +63,7 @@ def test_score_output_matches_the_api(world):
     assert abs(got.cosine.values - df.cosine.values).max() < 1e-5
     summary = json.loads((world/'ref/summary.json').read_text())
     assert summary['pairs_scored'] == 4*N_SHARDS*6 and summary['bad_samples']['problems'] == {}
+    assert summary['captions_truncated'] == 0 and summary['folder']['score_files'] == N_SHARDS
     assert summary['settings']['checkpoint'] == str((world/'tiny.pt').resolve())
 
 
