@@ -19,7 +19,7 @@ from .core import get_logger
 __all__ = ['ALT', 'IMAGE_EXTS', 'BAD_KINDS', 'IMAGE_COLS', 'CAPTION_COLS', 'KEY_COLS', 'ALT_COLS', 'CAPTION_MODES', 'Sample',
            'BadSample', 'BadSampleReport', 'decode_image', 'decode_group', 'expand_shards', 'read_wds', 'write_tar',
            'decode_row', 'read_parquet', 'read_hf', 'read_folder', 'read_samples', 'sample_members', 'write_shards',
-           'caption_mode', 'pick_captions', 'norm_shard', 'load_keep', 'collate_pairs', 'train_loader']
+           'caption_mode', 'pick_captions', 'norm_shard', 'load_keep', 'n_truncated', 'collate_pairs', 'train_loader']
 
 # %% ../nbs/01_data.ipynb #a00e79ec
 ALT = 'alt'
@@ -457,6 +457,13 @@ def load_keep(path) -> dict:
         else: keep[k] = i
     return keep
 
+def n_truncated(tokenizer, texts: list) -> int:
+    "How many of `texts` `tokenizer` cuts to its `context_length` (open_clip tokenizers; others: those filling the last position)."
+    L = getattr(tokenizer, 'context_length', None)
+    if L is None or not texts: return 0
+    if hasattr(tokenizer, 'encode'): return sum(len(tokenizer.encode(t)) + 2 > L for t in texts)   # + start and end tokens
+    return int((tokenizer(list(texts))[:, -1] != 0).sum())
+
 _NOT_KEPT = object()
 def _keep_entry(keep: dict, s: Sample, url: str):
     "The selection entry of sample `s` read from shard `url`: by (source shard, key), else by key; `_NOT_KEPT` when absent."
@@ -474,8 +481,13 @@ def _worker_rng(seed: int, epoch: int = 0, stream: int = 0) -> np.random.Generat
 
 class _Decode:
     "Pipeline stage: shard URLs in, `(image_tensor, captions)` out (runs inside each DataLoader worker)."
-    def __init__(self, preprocess, captions, keep, seed):
+    def __init__(self, preprocess, captions, keep, seed, tokenizer=None):
         self.preprocess, self.mode, self.keep, self.seed, self.epoch = preprocess, caption_mode(captions), keep, seed, 0
+        self.tokenizer, self.truncated = tokenizer, 0
+    def _count(self, caps: list, url: str, key: str):
+        if self.tokenizer is None or not (n := n_truncated(self.tokenizer, caps)): return
+        if not self.truncated: get_logger('clipq.data').warning('captions longer than the tokenizer context are cut (first: %s key %s); counted', url, key)
+        self.truncated += n
     def __call__(self, src):
         rng, report = _worker_rng(self.seed, self.epoch), BadSampleReport()
         for d in src:
@@ -487,10 +499,13 @@ class _Decode:
                     if ci is not None:                         # a caption-level choice: train on (one of) those captions
                         ok = [s.captions[s.caption_ids.index(int(c))] for c in (ci if isinstance(ci, list) else [ci]) if int(c) in s.caption_ids]
                         if not ok: report.add('missing_caption', url, s.key, f'selected caption(s) {ci} unusable', skipped=True); continue
-                        yield self.preprocess(s.image), [ok[rng.integers(len(ok))]]; continue
+                        c = [ok[rng.integers(len(ok))]]; self._count(c, url, s.key)
+                        yield self.preprocess(s.image), c; continue
                 caps = pick_captions(s, self.mode, rng)
                 if not caps: report.add('missing_caption', url, s.key, f'no {self.mode} caption', skipped=True); continue
+                self._count(caps, url, s.key)
                 yield self.preprocess(s.image), caps
+        if self.truncated: get_logger('clipq.data').warning('%d captions were cut to the tokenizer context in this pass', self.truncated)
 
 # %% ../nbs/01_data.ipynb #157c955d
 def collate_pairs(batch: list, tokenizer) -> tuple:
@@ -525,7 +540,7 @@ def train_loader(shards, preprocess, tokenizer, batch_size: int, captions='alt',
     elif keep is not None and not isinstance(keep, dict): keep = {k: None for k in keep}
     if resampled: stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else: stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
-    stages += [_Decode(preprocess, captions, keep, seed)]
+    stages += [_Decode(preprocess, captions, keep, seed, tokenizer)]
     if shuffle > 1: stages.append(_Shuffle(shuffle, seed))
     stages.append(wds.batched(batch_size, collation_fn=partial(collate_pairs, tokenizer=tokenizer), partial=not drop_last))
     pipe = wds.DataPipeline(*stages)

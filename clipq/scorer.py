@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .core import default_device, autocast_ctx, autocast_dtype, atomic_write, get_logger
 from .data import BadSampleReport, expand_shards, norm_shard, read_wds, read_parquet, sample_members
+from .data import n_truncated as _n_truncated
 from .models import read_state_dict      # importing clipq.models also registers clipq's model configs with open_clip
 
 # %% auto #0
@@ -128,10 +129,7 @@ class Scorer:
 
     def n_truncated(self, captions: list) -> int:
         "How many of `captions` (with the prefix) the tokenizer cuts to its context length (counted, not an error)."
-        tok, L = self.tokenizer, getattr(self.tokenizer, 'context_length', None)
-        if L is None or not captions: return 0
-        if hasattr(tok, 'encode'): return sum(len(tok.encode(t)) + 2 > L for t in self.texts(captions))   # + start and end tokens
-        return int((self.tokenize(captions)[:, -1] != 0).sum())         # other tokenizers: the last position is used
+        return _n_truncated(self.tokenizer, self.texts(captions))
 
     def images(self, images: list) -> torch.Tensor: return torch.stack([self.preprocess(im) for im in images])
 
