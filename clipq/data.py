@@ -465,12 +465,25 @@ def n_truncated(tokenizer, texts: list) -> int:
     return int((tokenizer(list(texts))[:, -1] != 0).sum())
 
 _NOT_KEPT = object()
-def _keep_entry(keep: dict, s: Sample, url: str):
-    "The selection entry of sample `s` read from shard `url`: by (source shard, key), else by key; `_NOT_KEPT` when absent."
-    sel = s.meta.get('clipq_selection')
-    src = sel.get('shard') if isinstance(sel, dict) and sel.get('shard') else url     # narrowed shards name their source shard
-    k = (norm_shard(src), s.key)
-    return keep[k] if k in keep else keep.get(s.key, _NOT_KEPT)
+class _Keep:
+    "Lookup of a selection: by (source shard, key); for a shard the selection does not name (data moved or copied), by (shard file name, key)."
+    def __init__(self, keep: dict):
+        self.keep, self.shards, self.by_name, twice = keep, {k[0] for k in keep if isinstance(k, tuple)}, {}, set()
+        for k, v in keep.items():
+            if isinstance(k, tuple):
+                n = (os.path.basename(k[0]), k[1])
+                if n in self.by_name: twice.add(n)                          # ambiguous: the same file name and key in two folders
+                self.by_name[n] = v
+        for n in twice: del self.by_name[n]
+    def __call__(self, s: Sample, url: str):
+        "The selection entry of sample `s` read from shard `url`, `_NOT_KEPT` when absent."
+        sel = s.meta.get('clipq_selection')
+        src = norm_shard(sel.get('shard') if isinstance(sel, dict) and sel.get('shard') else url)   # narrowed shards name their source
+        if (src, s.key) in self.keep: return self.keep[(src, s.key)]
+        if s.key in self.keep: return self.keep[s.key]
+        if src in self.shards: return _NOT_KEPT
+        n = (os.path.basename(src), s.key)
+        return self.by_name[n] if n in self.by_name else _NOT_KEPT
 
 def _worker_rng(seed: int, epoch: int = 0, stream: int = 0) -> np.random.Generator:
     "A generator for this (seed, epoch, rank, worker): each epoch and each worker draws differently, reproducibly."
@@ -482,7 +495,8 @@ def _worker_rng(seed: int, epoch: int = 0, stream: int = 0) -> np.random.Generat
 class _Decode:
     "Pipeline stage: shard URLs in, `(image_tensor, captions)` out (runs inside each DataLoader worker)."
     def __init__(self, preprocess, captions, keep, seed, tokenizer=None):
-        self.preprocess, self.mode, self.keep, self.seed, self.epoch = preprocess, caption_mode(captions), keep, seed, 0
+        self.preprocess, self.mode, self.seed, self.epoch = preprocess, caption_mode(captions), seed, 0
+        self.keep = None if keep is None else _Keep(keep)
         self.tokenizer, self.truncated = tokenizer, 0
     def _count(self, caps: list, url: str, key: str):
         if self.tokenizer is None or not (n := n_truncated(self.tokenizer, caps)): return
@@ -494,7 +508,7 @@ class _Decode:
             url = d['url'] if isinstance(d, dict) else d
             for s in read_wds(url, report):
                 if self.keep is not None:
-                    ci = _keep_entry(self.keep, s, url)
+                    ci = self.keep(s, url)
                     if ci is _NOT_KEPT: continue
                     if ci is not None:                         # a caption-level choice: train on (one of) those captions
                         ok = [s.captions[s.caption_ids.index(int(c))] for c in (ci if isinstance(ci, list) else [ci]) if int(c) in s.caption_ids]
