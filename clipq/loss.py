@@ -159,8 +159,8 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
 def _triton_kernels():
     "Compile-on-first-use Triton kernels: fused pairwise log-sum-exp and SigLIP softplus sum, forward and backward."
     # Triton resolves the names a kernel uses (`tl`, helper kernels) in the module's globals, not in
-    # closures, so the lazily imported modules and the helper are published as module globals here.
-    global triton, tl, _tile_logits
+    # closures, so the lazily imported modules and the helpers are published as module globals here.
+    global triton, tl, _tile_logits, _tile_grads
     import triton
     import triton.language as tl
 
@@ -177,6 +177,27 @@ def _triton_kernels():
             if UPCAST: acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
             else: acc = tl.dot(a, b, acc)
         return acc * scale
+
+    @triton.jit
+    def _tile_grads(p, A, B, GBR, GAC, rows, cols, rmask, cmask, D, sa, sb, BK: tl.constexpr, UPCAST: tl.constexpr):
+        "GBR[rows] += p @ B[cols] (rows owned by this program: plain read-add-store); GAC[cols] += p.T @ A[rows] (shared: atomic adds)."
+        for k0 in range(0, D, BK):
+            kk = k0 + tl.arange(0, BK)
+            kmask = kk < D
+            amask = rmask[:, None] & kmask[None, :]
+            bmask = cmask[:, None] & kmask[None, :]
+            a = tl.load(A + rows[:, None] * sa + kk[None, :], mask=amask, other=0.)
+            b = tl.load(B + cols[:, None] * sb + kk[None, :], mask=bmask, other=0.)
+            if UPCAST:
+                db = tl.dot(p, b.to(tl.float32), input_precision="ieee")
+                da = tl.dot(tl.trans(p), a.to(tl.float32), input_precision="ieee")
+            else:
+                pl = p.to(a.dtype)
+                db = tl.dot(pl, b)
+                da = tl.dot(tl.trans(pl), a)
+            gptr = GBR + rows[:, None] * D + kk[None, :]
+            tl.store(gptr, tl.load(gptr, mask=amask, other=0.) + db, mask=amask)
+            tl.atomic_add(GAC + cols[:, None] * D + kk[None, :], da, mask=bmask)
 
     @triton.jit
     def lse2_fwd(A, B, SCALE, ROW, CMAX, CSUM, n, m, D, sa, sb,
@@ -234,23 +255,7 @@ def _triton_kernels():
                     gc = tl.load(GCOL + cols, mask=cmask, other=0.)
                     p += tl.exp(s - c[None, :]) * gc[None, :]
                 p = tl.where(valid, p, 0.) * ginv        # |p| <= 2: no fp16/bf16 underflow of tiny upstream gradients
-                for k0 in range(0, D, BK):
-                    kk = k0 + tl.arange(0, BK)
-                    kmask = kk < D
-                    amask = rmask[:, None] & kmask[None, :]
-                    bmask = cmask[:, None] & kmask[None, :]
-                    a = tl.load(A + rows[:, None] * sa + kk[None, :], mask=amask, other=0.)
-                    b = tl.load(B + cols[:, None] * sb + kk[None, :], mask=bmask, other=0.)
-                    if UPCAST:
-                        db = tl.dot(p, b.to(tl.float32), input_precision="ieee")
-                        da = tl.dot(tl.trans(p), a.to(tl.float32), input_precision="ieee")
-                    else:
-                        pl = p.to(a.dtype)
-                        db = tl.dot(pl, b)
-                        da = tl.dot(tl.trans(pl), a)
-                    gptr = GBR + rows[:, None] * D + kk[None, :]
-                    tl.store(gptr, tl.load(gptr, mask=amask, other=0.) + db, mask=amask)
-                    tl.atomic_add(GAC + cols[:, None] * D + kk[None, :], da, mask=bmask)
+                _tile_grads(p, A, B, GBR, GAC, rows, cols, rmask, cmask, D, sa, sb, BK, UPCAST)
 
     @triton.jit
     def softplus_fwd(A, B, SCALE, BIAS, PART, n, m, D, sa, sb,
@@ -291,23 +296,7 @@ def _triton_kernels():
                 z = _tile_logits(A, B, rows, cols, rmask, cmask, D, sa, sb, scale, BM, BN, BK, UPCAST) + bias
                 p = tl.where(rmask[:, None] & cmask[None, :], tl.sigmoid(z) * g, 0.)
                 gbias += tl.sum(p, 1)
-                for k0 in range(0, D, BK):
-                    kk = k0 + tl.arange(0, BK)
-                    kmask = kk < D
-                    amask = rmask[:, None] & kmask[None, :]
-                    bmask = cmask[:, None] & kmask[None, :]
-                    a = tl.load(A + rows[:, None] * sa + kk[None, :], mask=amask, other=0.)
-                    b = tl.load(B + cols[:, None] * sb + kk[None, :], mask=bmask, other=0.)
-                    if UPCAST:
-                        db = tl.dot(p, b.to(tl.float32), input_precision="ieee")
-                        da = tl.dot(tl.trans(p), a.to(tl.float32), input_precision="ieee")
-                    else:
-                        pl = p.to(a.dtype)
-                        db = tl.dot(pl, b)
-                        da = tl.dot(tl.trans(pl), a)
-                    gptr = GBR + rows[:, None] * D + kk[None, :]
-                    tl.store(gptr, tl.load(gptr, mask=amask, other=0.) + db, mask=amask)
-                    tl.atomic_add(GAC + cols[:, None] * D + kk[None, :], da, mask=bmask)
+                _tile_grads(p, A, B, GBR, GAC, rows, cols, rmask, cmask, D, sa, sb, BK, UPCAST)
         tl.store(GBIAS + pid, tl.sum(gbias, 0))
 
     return lse2_fwd, lse2_bwd, softplus_fwd, softplus_bwd
