@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from .core import get_logger
+from .core import get_logger, item_rng
 
 # %% auto #0
 __all__ = ['ALT', 'IMAGE_EXTS', 'BAD_KINDS', 'IMAGE_COLS', 'CAPTION_COLS', 'KEY_COLS', 'ALT_COLS', 'CAPTION_MODES', 'Sample',
@@ -490,7 +490,7 @@ def _worker_rng(seed: int, epoch: int = 0, stream: int = 0) -> np.random.Generat
     import torch
     wi = torch.utils.data.get_worker_info()
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    return np.random.default_rng([seed, epoch, rank, wi.id if wi else 0, stream])
+    return item_rng(seed, epoch, rank, wi.id if wi else 0, stream)
 
 class _Decode:
     "Pipeline stage: shard URLs in, `(image_tensor, captions)` out (runs inside each DataLoader worker)."

@@ -108,8 +108,8 @@ def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
     return sd
 
 # %% ../nbs/05_models.ipynb #ac5f4961
-class PretrainedUnavailableError(RuntimeError):
-    "Released weights were asked for but could not be fetched (typically: no network)."
+class PretrainedUnavailableError(RuntimeError, ValueError):
+    "Released weights were asked for but could not be fetched (no network, no cache, or an unknown tag); a ValueError too, so the CLI reports it as a user error."
 
 @contextlib.contextmanager
 def _quiet_open_clip():

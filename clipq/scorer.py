@@ -15,17 +15,16 @@ import torch.nn.functional as F
 from .core import default_device, autocast_ctx, autocast_dtype, atomic_write, get_logger
 from .data import BadSampleReport, expand_shards, norm_shard, read_wds, read_parquet, sample_members
 from .data import n_truncated as _n_truncated
-from .models import read_state_dict      # importing clipq.models also registers clipq's model configs with open_clip
+from .models import PretrainedUnavailableError, read_state_dict      # importing clipq.models also registers clipq's model configs with open_clip
 
 # %% auto #0
-__all__ = ['CLIPSCORE_PREFIX', 'CLIPSCORE_W', 'SHARD_EXTS', 'SCORE_COLUMNS', 'WeightsUnavailableError', 'load_weights',
+__all__ = ['WeightsUnavailableError', 'CLIPSCORE_PREFIX', 'CLIPSCORE_W', 'SHARD_EXTS', 'SCORE_COLUMNS', 'load_weights',
            'load_clip', 'clipscore', 'refclipscore', 'Scorer', 'shard_names', 'read_shard', 'score_files',
            'score_shards', 'load_scores', 'load_references', 'pool_threshold', 'select', 'write_selection',
            'write_selected_shards']
 
 # %% ../nbs/03_scorer.ipynb #2921f096
-class WeightsUnavailableError(ValueError):
-    "Released weights could not be obtained (offline, no cache, or an unknown tag)."
+WeightsUnavailableError = PretrainedUnavailableError   # clipq.models' error for weights that cannot be had, under the scorer's name
 
 def _resolve_name(name: str) -> str:
     "The open_clip model name for `name` (a registered name, or a config JSON path that gets registered)."
