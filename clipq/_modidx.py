@@ -299,4 +299,10 @@ d = { 'settings': { 'branch': 'main',
                              'clipq.synth.render_scene': ('synth.html#render_scene', 'clipq/synth.py'),
                              'clipq.synth.scene_record': ('synth.html#scene_record', 'clipq/synth.py'),
                              'clipq.synth.show_scenes': ('synth.html#show_scenes', 'clipq/synth.py'),
-                             'clipq.synth.write_synth': ('synth.html#write_synth', 'clipq/synth.py')}}}
+                             'clipq.synth.write_synth': ('synth.html#write_synth', 'clipq/synth.py')},
+            'clipq.test_utils': { 'clipq.test_utils._session_dir': ('test_utils.html#_session_dir', 'clipq/test_utils.py'),
+                                  'clipq.test_utils.feature_pair': ('test_utils.html#feature_pair', 'clipq/test_utils.py'),
+                                  'clipq.test_utils.grads': ('test_utils.html#grads', 'clipq/test_utils.py'),
+                                  'clipq.test_utils.peak_rss_mb': ('test_utils.html#peak_rss_mb', 'clipq/test_utils.py'),
+                                  'clipq.test_utils.tiny_clip': ('test_utils.html#tiny_clip', 'clipq/test_utils.py'),
+                                  'clipq.test_utils.tiny_world': ('test_utils.html#tiny_world', 'clipq/test_utils.py')}}}
