@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_models.ipynb #1a2b50ad
 from __future__ import annotations
-import contextlib, importlib.resources, logging, math, re, warnings
+import contextlib, hashlib, importlib.resources, logging, math, os, re, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,9 +24,10 @@ from .core import count_params, default_device, get_logger
 
 # %% auto #0
 __all__ = ['CLIP_MODELS', 'BACKBONES', 'clipq_tiny_mci', 'clipq_tiny_vit', 'register_models', 'read_state_dict',
-           'PretrainedUnavailableError', 'load_clip_weights', 'create_clip', 'feature_shapes', 'SimpleFeaturePyramid',
-           'DenseBackbone', 'ViTBackbone', 'FeaturesBackbone', 'TransferReport', 'load_backbone_weights',
-           'create_backbone', 'count_gmacs', 'backbone_table']
+           'PretrainedUnavailableError', 'resolve_clip_name', 'fetch_pretrained', 'weights_hash', 'load_clip_weights',
+           'load_clip', 'create_clip', 'feature_shapes', 'SimpleFeaturePyramid', 'DenseBackbone', 'ViTBackbone',
+           'FeaturesBackbone', 'TransferReport', 'load_backbone_weights', 'create_backbone', 'count_gmacs',
+           'backbone_table']
 
 # %% ../nbs/05_models.ipynb #0e430958
 CLIP_MODELS = {  # open_clip name -> timm name of its image tower
@@ -76,24 +77,35 @@ def register_models():
 
 register_models()
 
-# %% ../nbs/05_models.ipynb #37d66ae1
+# %% ../nbs/05_models.ipynb #c627a269
 _WRAPPERS = ('state_dict', 'model', 'module')
 _PREFIXES = ('module.', '_orig_mod.')
 
+def _read_file(path: Path) -> Mapping:
+    "The object in checkpoint file `path`: safetensors or torch (weights only), told apart by content, not by suffix."
+    with open(path, 'rb') as f: head = f.read(16)
+    if not head: raise ValueError(f"checkpoint {path} is empty (0 bytes): copy or save it again")
+    if len(head) > 8 and head[8:9] == b'{':                 # safetensors: 8-byte header length, then JSON
+        from safetensors.torch import load_file
+        try: return load_file(str(path), device='cpu')
+        except Exception as e:
+            raise ValueError(f"could not read {path} as a safetensors file ({str(e)[:150]}): is it truncated? "
+                             f"copy or save it again") from None
+    if head[:2] != b'PK' and head[:1] != b'\x80':             # torch: a zip archive, or a legacy pickle
+        raise ValueError(f"{path} is neither a safetensors file nor a torch checkpoint: pass a .safetensors or torch file")
+    try:
+        with open(path, 'rb') as f: return torch.load(f, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"could not read {path} as a weights-only torch checkpoint ({type(e).__name__}: {str(e)[:150]}); "
+                         "clipq never unpickles arbitrary objects: save a plain state dict or a .safetensors file") from None
+
 def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
-    "A flat `{name: tensor}` dict from a checkpoint file (`.safetensors` or torch, loaded `weights_only`) or an in-memory (wrapped) state dict."
+    "A flat `{name: tensor}` dict from a checkpoint file (safetensors, or torch loaded `weights_only`) or a (wrapped) dict."
     if isinstance(source, nn.Module): return dict(source.state_dict())
     if not isinstance(source, Mapping):
         path = Path(source).expanduser()
         if not path.is_file(): raise FileNotFoundError(f"checkpoint file {path} not found")
-        if path.suffix == '.safetensors':
-            from safetensors.torch import load_file
-            source = load_file(str(path), device='cpu')
-        else:
-            try: source = torch.load(path, map_location='cpu', weights_only=True)
-            except Exception as e:
-                raise ValueError(f"could not read {path} as a weights-only torch checkpoint ({type(e).__name__}: {e}); "
-                                 "clipq never unpickles arbitrary objects: save a plain state dict or a .safetensors file") from e
+        source = _read_file(path)
         if not isinstance(source, Mapping): raise ValueError(f"{path} holds a {type(source).__name__}, not a state dict")
     sd = source
     while not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -107,67 +119,152 @@ def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
         if sd and all(k.startswith(p) for k in sd): sd = {k[len(p):]: v for k, v in sd.items()}
     return sd
 
-# %% ../nbs/05_models.ipynb #ac5f4961
+# %% ../nbs/05_models.ipynb #9ca44529
 class PretrainedUnavailableError(RuntimeError, ValueError):
-    "Released weights were asked for but could not be fetched (no network, no cache, or an unknown tag); a ValueError too, so the CLI reports it as a user error."
+    "Released weights were asked for but cannot be had (offline and not cached, or the download failed); a ValueError too."
 
+# %% ../nbs/05_models.ipynb #a0222f47
 @contextlib.contextmanager
 def _quiet_open_clip():
-    "Silence open_clip's root-logger notice that a model was initialised randomly (clipq's default, not news)."
-    flt = lambda r: 'No pretrained weights loaded' not in r.getMessage()
+    "Drop open_clip's info and warning records (it logs on the root logger) while a model is built; errors pass."
+    flt = lambda r: r.levelno >= logging.ERROR or f'{os.sep}open_clip{os.sep}' not in r.pathname
     root = logging.getLogger()
     root.addFilter(flt)
     try: yield
     finally: root.removeFilter(flt)
 
-def _resolve_pretrained(name: str, pretrained, cache_dir=None):
-    "A local path or state dict for `pretrained` (a path, a state dict or a released open_clip tag of `name`)."
-    if isinstance(pretrained, (Mapping, nn.Module)): return pretrained
-    path = Path(pretrained).expanduser()
-    if path.is_file(): return path
-    cfg = open_clip.get_pretrained_cfg(name, str(pretrained))
-    if cfg:
-        src = cfg.get('hf_hub') or cfg.get('url') or '?'
-        try: return Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
-        except Exception as e:
-            raise PretrainedUnavailableError(
-                f"could not fetch released weights {name!r} / {pretrained!r} from {src!r} ({type(e).__name__}: {e}). "
-                f"This machine may be offline: download the checkpoint where a network is available and pass its "
-                f"local path as pretrained=... (HF_HUB_OFFLINE=1 makes this check instant on offline machines)") from e
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    raise FileNotFoundError(f"pretrained={str(pretrained)!r} is neither an existing checkpoint file nor a released tag of "
-                            f"{name!r} (released tags: {tags or 'none'})")
+# %% ../nbs/05_models.ipynb #8afb6227
+def resolve_clip_name(name: str | Path) -> str:
+    "The open_clip model name for `name`: a registered name, `hf-hub:`/`local-dir:` names, or a config `.json` path."
+    name = str(name)
+    if name.endswith('.json'):
+        p = Path(name).expanduser()
+        if not p.is_file(): raise FileNotFoundError(f"model config {p} does not exist")
+        open_clip.add_model_config(p)          # registered under the file's stem
+        return p.stem
+    if name in open_clip.list_models() or name.startswith(('hf-hub:', 'local-dir:')): return name
+    stem = name.lower().split('-')[0]
+    close = [m for m in open_clip.list_models() if stem and stem in m.lower()][:8]
+    raise ValueError(f"unknown CLIP model {name!r}: not an open_clip model name or config .json path; the paper's models "
+                     f"are {list(CLIP_MODELS)}" + (f" (similar names: {', '.join(close)})" if close else ''))
 
+# %% ../nbs/05_models.ipynb #624fd77b
+def _offline_reason(cfg: dict, timeout: float = 3.) -> str | None:
+    "Why released weights `cfg` cannot be downloaded now (HF_HUB_OFFLINE, or its host unreachable), else None."
+    import socket, urllib.parse
+    import huggingface_hub.constants as hfc
+    if cfg.get('hf_hub'):
+        if hfc.HF_HUB_OFFLINE: return 'HF_HUB_OFFLINE is set'
+        host = urllib.parse.urlparse(hfc.ENDPOINT).hostname or 'huggingface.co'
+    else: host = urllib.parse.urlparse(cfg.get('url', '')).hostname
+    if not host: return None
+    try: socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e: return f'{host} is unreachable ({e.strerror or e})'
+    return None
+
+@contextlib.contextmanager
+def _hf_offline():
+    "Hugging Face hub in offline mode: a download reads the local cache only, and fails at once without it."
+    import huggingface_hub.constants as hfc
+    old, hfc.HF_HUB_OFFLINE = hfc.HF_HUB_OFFLINE, True
+    try: yield
+    finally: hfc.HF_HUB_OFFLINE = old
+
+# %% ../nbs/05_models.ipynb #cd943f75
+def fetch_pretrained(name: str, tag: str, cache_dir: str | None = None) -> tuple[Path, dict]:
+    "Local file and open_clip config of released weights `tag` of model `name`: from the cache, or downloaded when online."
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise FileNotFoundError(f"pretrained={tag!r} is neither an existing checkpoint file nor a released tag of "
+                                f"{name!r} (released tags: {', '.join(tags) or 'none'})")
+    src, why = cfg.get('hf_hub') or cfg.get('url') or '?', _offline_reason(cfg)
+    try:
+        if why is None: return Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir)), cfg
+        if cfg.get('hf_hub'):
+            with _hf_offline(): return Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir)), cfg
+        cached = Path(cache_dir or '~/.cache/clip').expanduser()/os.path.basename(cfg['url'])
+        if cached.is_file(): return cached, cfg
+        raise OSError('not in the local cache')
+    except Exception as e:
+        why = why or f'{type(e).__name__}: {str(e)[:200]}'
+        raise PretrainedUnavailableError(
+            f"could not obtain weights {tag!r} for {name} from {src} ({why}); download them where a network is "
+            f"available and pass the local file instead (pretrained=PATH, --checkpoint PATH)") from None
+
+# %% ../nbs/05_models.ipynb #3fb1b964
+def weights_hash(source) -> str:
+    "A short content hash (sha256, 16 hex digits) of a model's or a state dict's tensors: names, dtypes, shapes, values."
+    sd = source.state_dict() if isinstance(source, nn.Module) else source
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f'{k}|{t.dtype}|{tuple(t.shape)}|'.encode())
+        if t.numel(): h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+# %% ../nbs/05_models.ipynb #f106c154
 def load_clip_weights(model: nn.Module, source, strict: bool = True):
-    "Load a clipq/open_clip checkpoint (path or state dict, any wrapping) into open_clip `model`; returns torch's incompatible-keys tuple."
+    "Load a clipq/open_clip checkpoint (path or state dict, any wrapping) into open_clip `model`; returns the incompatible keys."
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
-    sd = read_state_dict(source)
-    sd = convert_state_dict(model, sd)
+    sd = convert_state_dict(model, read_state_dict(source))
     if 'positional_embedding' in sd and not hasattr(model, 'positional_embedding'): sd = convert_to_custom_text_state_dict(sd)
     for k in ('logit_scale', 'logit_bias'):
         p = getattr(model, k, None)
         if k in sd and isinstance(p, torch.Tensor) and sd[k].ndim != p.ndim: sd[k] = sd[k].reshape(p.shape)
-    resize_pos_embed(sd, model)
-    resize_text_pos_embed(sd, model)
-    try: return model.load_state_dict(sd, strict=strict)
-    except RuntimeError as e:
-        raise RuntimeError(f"checkpoint does not fit {type(model).__name__} (is it a checkpoint of another model?):\n{e}") from e
+    for resize in (resize_pos_embed, resize_text_pos_embed):      # another image size / context: interpolated
+        try: resize(sd, model)
+        except (AssertionError, RuntimeError, ValueError): pass     # another width: reported as a shape mismatch below
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if shapes or strict and (missing or unexpected):
+        ex = lambda ks: ', '.join(ks[:3]) + (' ...' if len(ks) > 3 else '')
+        where = source if isinstance(source, (str, Path)) else 'the state dict'
+        raise ValueError(f"checkpoint {where} does not fit the model (a checkpoint of another model?): "
+                         f"{len(missing)} missing keys ({ex(missing)}), {len(unexpected)} unexpected ({ex(unexpected)}), "
+                         f"{len(shapes)} of another shape ({ex(shapes)})")
+    return model.load_state_dict(sd, strict=strict)
 
-def create_clip(name: str,                       # an open_clip model name, e.g. 'ViT-B-16', 'MobileCLIP-S2', 'clipq-tiny-vit'
-                pretrained=None,                 # None (random init), a checkpoint path, a state dict, or a released open_clip tag
-                device: str | torch.device | None = 'cpu',  # where the model goes; None: `default_device()`
-                cache_dir: str | None = None,    # download cache for released tags
-                strict: bool = True,             # require every key of the checkpoint to match
-                **kwargs):                       # passed to `open_clip.create_model` (precision, force_image_size, ...)
-    "A CLIP model (open_clip `CLIP`/`CustomTextCLIP`) by open_clip name, optionally with weights loaded."
-    if name not in open_clip.list_models():
-        raise ValueError(f"unknown CLIP model {name!r}; the paper's models are {list(CLIP_MODELS)}, "
-                         f"and any name in open_clip.list_models() works")
-    src = None if pretrained is None else _resolve_pretrained(name, pretrained, cache_dir)
-    with _quiet_open_clip(): model = open_clip.create_model(name, pretrained=None, device=default_device(device), **kwargs)
+# %% ../nbs/05_models.ipynb #9059dcb7
+def _build_clip(name, pretrained, device, seed, cache_dir, strict, kwargs):
+    "The model of `load_clip`/`create_clip`, and its open_clip name."
+    oc_name = resolve_clip_name(name)
+    src, cfg = pretrained, {}
+    if isinstance(pretrained, (str, Path)) and not Path(pretrained).expanduser().is_file():
+        src, cfg = fetch_pretrained(oc_name, str(pretrained), cache_dir)
+    if cfg.get('quick_gelu'): kwargs.setdefault('force_quick_gelu', True)
+    pp = {k: cfg[k] for k in ('mean', 'std', 'interpolation', 'resize_mode') if k in cfg}
+    if pp: kwargs['force_preprocess_cfg'] = {**pp, **kwargs.get('force_preprocess_cfg', {})}
+    dev = default_device(device)
+    build = dev if dev.type == 'meta' else torch.device('cpu')    # seeded init: the same weights whatever the device
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng, _quiet_open_clip():
+        if seed is not None: torch.manual_seed(seed)
+        model = open_clip.create_model(oc_name, pretrained=None, device=build, **kwargs)
     if src is not None: load_clip_weights(model, src, strict=strict)
-    return model.eval()
+    return model.to(dev).eval(), oc_name
+
+# %% ../nbs/05_models.ipynb #bba8f1da
+def load_clip(name: str | Path,                 # open_clip name ('ViT-B-16', 'clipq-tiny-vit', ...) or a model config .json
+              pretrained=None,                   # None (random init), a checkpoint file/state dict, or a released tag
+              device: str | torch.device | None = 'cpu',   # where the model goes; None: `default_device()`
+              seed: int | None = None,           # seed of a random init (None: torch's current RNG state)
+              cache_dir: str | None = None,      # download cache for released tags
+              strict: bool = True,               # require every key of a checkpoint to match
+              **kwargs):                         # to `open_clip.create_model` (precision, force_image_size, ...)
+    "`(model, preprocess, tokenizer)`: a CLIP in eval mode with its inference transform and tokenizer."
+    model, oc_name = _build_clip(name, pretrained, device, seed, cache_dir, strict, kwargs)
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    return model, preprocess, open_clip.get_tokenizer(oc_name)
+
+# %% ../nbs/05_models.ipynb #116cdc06
+def create_clip(name: str | Path, pretrained=None, device: str | torch.device | None = 'cpu', seed: int | None = None,
+                cache_dir: str | None = None, strict: bool = True, **kwargs) -> nn.Module:
+    "The model of `load_clip(...)` alone (no transform, no tokenizer)."
+    return _build_clip(name, pretrained, device, seed, cache_dir, strict, kwargs)[0]
 
 # %% ../nbs/05_models.ipynb #dffc5343
 def feature_shapes(h: int, w: int, strides=(4, 8, 16, 32)) -> list[tuple[int, int]]:
@@ -426,7 +523,7 @@ def create_backbone(name_or_clip: str | nn.Module,   # open_clip name, timm name
         bb = _build(_openclip_visual(name_or_clip), *args)
         bb.name = name_or_clip
         if isinstance(pretrained, str) and not Path(pretrained).expanduser().is_file():  # a released tag, e.g. 'datacompdr'
-            pretrained = _resolve_pretrained(name_or_clip, pretrained)
+            pretrained = fetch_pretrained(name_or_clip, pretrained)[0]
     elif timm.is_model(name_or_clip):
         bb = _build(name_or_clip, *args)
     else:
