@@ -40,7 +40,7 @@ class RandomRescale(v2.Transform):
         if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)): return inpt
         return TF.resize(inpt, params['size'], antialias=True)
 
-# %% ../nbs/08c_dense_augment.ipynb #98217dc7
+# %% ../nbs/08c_dense_augment.ipynb #60695192
 class CatMaxCrop(v2.Transform):
     "mmseg `RandomCrop(crop_size, cat_max_ratio)` + `Pad(crop_size)`: random crop where no class covers > `cat_max_ratio`."
     def __init__(self, size, cat_max_ratio: float = 0.75, ignore_index: int = 255, tries: int = 10):
@@ -75,7 +75,7 @@ class CatMaxCrop(v2.Transform):
             out = TF.pad(out, [0, 0, pw, ph], fill=fill)
         return out
 
-# %% ../nbs/08c_dense_augment.ipynb #6b870914
+# %% ../nbs/08c_dense_augment.ipynb #4ab63548
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 def _finish(mean, std): return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(mean, std)]
@@ -106,7 +106,7 @@ class _ImageOnly(v2.Transform):
     def __init__(self, tfm): super().__init__(); self.tfm = tfm
     def forward(self, img, tgt): return self.tfm(img), tgt
 
-# %% ../nbs/08c_dense_augment.ipynb #e6748209
+# %% ../nbs/08c_dense_augment.ipynb #6c800543
 PROTOCOLS = {
     'ade20k': dict(task='seg', crop=(512, 512), scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio=0.75,
                    eval_scale=(2048, 512), slide=((512, 512), (341, 341)), num_classes=150, reduce_zero_label=True,
@@ -123,7 +123,7 @@ def synth_protocol(task: str, size: int) -> dict:
     c = max(16, (size * 7 // 8) // 8 * 8)
     return dict(task='depth', crop=(c, c), rotate=2.5, eval_scale=None, max_depth=10.0, eigen_crop=False, bs=8, lr=1e-3)
 
-# %% ../nbs/08c_dense_augment.ipynb #7e29b05c
+# %% ../nbs/08c_dense_augment.ipynb #09f39c04
 def subset_indices(n: int, fraction: float = 1.0, seed: int = 0) -> list[int]:
     "The first ceil(`fraction`·n) indices of a seeded permutation of range(n): nested across fractions for one seed."
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
@@ -132,7 +132,7 @@ def subset_indices(n: int, fraction: float = 1.0, seed: int = 0) -> list[int]:
     perm = np.random.default_rng(seed).permutation(n)
     return sorted(perm[:max(1, math.ceil(fraction * n - 1e-9))].tolist())
 
-# %% ../nbs/08c_dense_augment.ipynb #19d77912
+# %% ../nbs/08c_dense_augment.ipynb #79ad7942
 class DenseDataset(torch.utils.data.Dataset):
     "Items (ADE/NYU/.mat) + a joint v2 transform → `(normalised image, target)` pairs for `task` 'seg' or 'depth'."
     def __init__(self, items: Sequence[dict], task: str, transform=None, num_classes: int | None = None,
@@ -156,7 +156,7 @@ class DenseDataset(torch.utils.data.Dataset):
         tgt = tgt.as_subclass(torch.Tensor)
         return img.as_subclass(torch.Tensor), (tgt.long() if self.task == 'seg' else tgt.float()[None])
 
-# %% ../nbs/08c_dense_augment.ipynb #ce76fed8
+# %% ../nbs/08c_dense_augment.ipynb #194397d0
 def data_info(data: str | os.PathLike, task: str, protocol: str | dict = 'auto') -> dict:
     "Protocol, class names and label semantics for `data` and `task` (synthetic world detected by its `meta.json`)."
     if task not in ('seg', 'depth'): raise ValueError(f"task must be 'seg' or 'depth', got {task!r}")
@@ -179,7 +179,7 @@ def list_items(data: str | os.PathLike, task: str, split: str, splits: str | os.
     if data.suffix == '.mat': return nyu_mat_items(data, None if splits is None else split, splits)
     return nyu_items(data, 'train' if split in ('train', 'training') else 'test')
 
-# %% ../nbs/08c_dense_augment.ipynb #ae414223
+# %% ../nbs/08c_dense_augment.ipynb #8279d6d9
 def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto', bs: int | None = None,
               fraction: float = 1.0, seed: int = 0, num_workers: int = 0, val_bs: int | None = None,
               mean=CLIP_MEAN, std=CLIP_STD, check: bool | None = None, device=None, splits=None) -> DataLoaders:

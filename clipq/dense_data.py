@@ -149,7 +149,7 @@ def reduce_labels(m: np.ndarray, reduce_zero_label: bool, num_classes: int | Non
                              f"(after reduce_zero_label={reduce_zero_label}) and not the ignore index {ignore_index}")
     return m
 
-# %% ../nbs/08b_dense_data.ipynb #dd8bf4ff
+# %% ../nbs/08b_dense_data.ipynb #1ad8fdd8
 def load_item(item: dict, task: str, num_classes: int | None = None, reduce_zero_label: bool = False,
               ignore_index: int = 255, h5=None) -> tuple:
     "`(tv_tensors.Image uint8, tv_tensors.Mask)` of one item: reduced int64 labels (seg) or float32 metres (depth)."
@@ -169,7 +169,7 @@ def load_item(item: dict, task: str, num_classes: int | None = None, reduce_zero
                          f"{img.shape[2]}x{img.shape[1]}")
     return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img))), tv_tensors.Mask(torch.from_numpy(tgt))
 
-# %% ../nbs/08b_dense_data.ipynb #29c2d2fe
+# %% ../nbs/08b_dense_data.ipynb #c08df9da
 def check_items(items: Sequence[dict], task: str, num_classes: int | None = None, reduce_zero_label: bool = False,
                 full: bool | None = None, ignore_index: int = 255) -> int:
     "Check every item up front (sizes, 16-bit depth; with `full`, label values); raises naming the file, returns the count."

@@ -43,7 +43,7 @@ def total_area_to_metrics(inter, union, area_pred, area_label) -> dict:
     nanmean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
     return dict(mIoU=nanmean(iou), mAcc=nanmean(acc), aAcc=float(aacc), IoU=iou, Acc=acc)
 
-# %% ../nbs/08a_dense_metrics.ipynb #47e275b3
+# %% ../nbs/08a_dense_metrics.ipynb #c272492d
 def seg_metrics(preds: Sequence, gts: Sequence, num_classes: int, ignore_index: int = 255) -> dict:
     "mIoU/mAcc/aAcc and per-class IoU/Acc of label maps `preds` vs `gts` (sequences of HxW arrays/tensors), mmseg `IoUMetric` semantics."
     preds, gts = list(preds), list(gts)
@@ -55,7 +55,7 @@ def seg_metrics(preds: Sequence, gts: Sequence, num_classes: int, ignore_index: 
         for t, a in zip(tot, areas): t += a
     return total_area_to_metrics(*tot)
 
-# %% ../nbs/08a_dense_metrics.ipynb #5d98e5c4
+# %% ../nbs/08a_dense_metrics.ipynb #7a5043a4
 class SegMetric(Metric):
     "Accumulating mmseg-style segmentation metric (`update` per batch, `compute` at the end); a fastai `Metric` reporting `key`."
     def __init__(self, num_classes: int, ignore_index: int = 255, key: str = 'mIoU'):
@@ -79,7 +79,7 @@ class SegMetric(Metric):
     @property
     def name(self): return self.key
 
-# %% ../nbs/08a_dense_metrics.ipynb #446eee1c
+# %% ../nbs/08a_dense_metrics.ipynb #c9e80d53
 DEPTH_KEYS = ('d1', 'd2', 'd3', 'abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10', 'silog')
 
 def depth_errors(gt: np.ndarray, pred: np.ndarray) -> dict:
@@ -93,7 +93,7 @@ def depth_errors(gt: np.ndarray, pred: np.ndarray) -> dict:
                 log10=np.mean(np.abs(np.log10(pred) - np.log10(gt))),
                 silog=np.sqrt(max(np.mean(e ** 2) - np.mean(e) ** 2, 0.0)) * 100)
 
-# %% ../nbs/08a_dense_metrics.ipynb #4458535c
+# %% ../nbs/08a_dense_metrics.ipynb #97491043
 def _np2d(x, what: str) -> np.ndarray:
     a = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
     while a.ndim > 2 and a.shape[0] == 1: a = a[0]        # (1, H, W) channel dim
@@ -120,7 +120,7 @@ def prepare_depth(pred, gt, min_depth: float = 1e-3, max_depth: float = 10.0, ei
     pred = np.where(np.isnan(pred), min_depth, np.clip(pred, min_depth, max_depth))
     return gt[m], pred[m]
 
-# %% ../nbs/08a_dense_metrics.ipynb #b9a35e15
+# %% ../nbs/08a_dense_metrics.ipynb #57aa749a
 def depth_metrics(preds: Sequence, gts: Sequence, min_depth: float = 1e-3, max_depth: float = 10.0,
                   eigen_crop: bool = True, median_scaling: bool = False, max_inclusive: bool = False) -> dict:
     "NYUv2 depth metrics (BTS eval.py): per-image errors on valid pixels, averaged over images; plus `n_images`, `n_skipped`."
@@ -135,7 +135,7 @@ def depth_metrics(preds: Sequence, gts: Sequence, min_depth: float = 1e-3, max_d
     out = {k: float(np.mean([r[k] for r in rows])) if rows else math.nan for k in DEPTH_KEYS}
     return dict(out, n_images=len(rows), n_skipped=skipped)
 
-# %% ../nbs/08a_dense_metrics.ipynb #a138197d
+# %% ../nbs/08a_dense_metrics.ipynb #5bcb4b4d
 class DepthMetric(Metric):
     "Accumulating NYUv2 depth metrics (BTS protocol); a fastai `Metric` reporting `key` (`'rmse'` by default)."
     def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, eigen_crop: bool = True,
