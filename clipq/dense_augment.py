@@ -119,9 +119,10 @@ def synth_protocol(task: str, size: int) -> dict:
     "The protocol for a synthetic world of `size` x `size` images."
     if task == 'seg':
         return dict(task='seg', crop=(size, size), scale=(2 * size, size), ratio_range=(0.5, 2.0), cat_max_ratio=0.75,
-                    eval_scale=None, slide=None, reduce_zero_label=True, bs=8, lr=1e-3)
+                    eval_scale=None, slide=None, reduce_zero_label=True, bs=8, lr=1e-3, iters=300)
     c = max(16, (size * 7 // 8) // 8 * 8)
-    return dict(task='depth', crop=(c, c), rotate=2.5, eval_scale=None, max_depth=10.0, eigen_crop=False, bs=8, lr=1e-3)
+    return dict(task='depth', crop=(c, c), rotate=2.5, eval_scale=None, max_depth=10.0, eigen_crop=False, bs=8, lr=1e-3,
+                iters=300)
 
 # %% ../nbs/08c_dense_augment.ipynb #09f39c04
 def subset_indices(n: int, fraction: float = 1.0, seed: int = 0) -> list[int]:
@@ -182,7 +183,8 @@ def list_items(data: str | os.PathLike, task: str, split: str, splits: str | os.
 # %% ../nbs/08c_dense_augment.ipynb #8279d6d9
 def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto', bs: int | None = None,
               fraction: float = 1.0, seed: int = 0, num_workers: int = 0, val_bs: int | None = None,
-              mean=CLIP_MEAN, std=CLIP_STD, check: bool | None = None, device=None, splits=None) -> DataLoaders:
+              mean=CLIP_MEAN, std=CLIP_STD, check: bool | None = None, device=None, splits=None,
+              epoch_len: int | None = None) -> DataLoaders:
     "fastai `DataLoaders` for `task` on `data` with the protocol's augmentations, the training set cut to `fraction`."
     p = data_info(data, task, protocol)
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -190,6 +192,8 @@ def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto',
     kw = dict(num_classes=p.get('num_classes'), reduce_zero_label=p.get('reduce_zero_label', False))
     for items in (train, valid): check_items(items, task, full=check, **kw)
     train = [train[i] for i in subset_indices(len(train), fraction, seed)]
+    n_train = len(train)
+    if epoch_len and epoch_len > n_train: train = train * math.ceil(epoch_len / n_train)   # iteration-based training
     if task == 'seg': tt = seg_train_transform(p['crop'], p['scale'], p['ratio_range'], p['cat_max_ratio'], mean=mean, std=std)
     else: tt = depth_train_transform(p['crop'], p['rotate'], mean=mean, std=std)
     bs = bs or p.get('bs', 8)
@@ -200,5 +204,5 @@ def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto',
                                  seed=seed),
                       DataLoader(vds, bs=val_bs, shuffle=False, num_workers=num_workers), device=device)
     dls.task, dls.protocol, dls.num_classes, dls.classes = task, p, p.get('num_classes'), p.get('classes')
-    dls.n_train, dls.fraction, dls.seed = len(tds), fraction, seed
+    dls.n_train, dls.fraction, dls.seed = n_train, fraction, seed
     return dls
