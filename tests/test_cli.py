@@ -35,11 +35,27 @@ def test_synth_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize('args,msg', [(['-n', '0'], 'positive'), (['--size', '8'], 'size'),
-                                      (['--val-fraction', '1.5'], 'val_fraction'), (['--formats', 'coco'], 'unknown formats')])
+                                      (['--val-fraction', '1.5'], 'val_fraction'), (['--formats', 'coco'], 'unknown formats'),
+                                      (['--workers', '-1'], 'workers must be at least 1'),
+                                      (['--size', '100000', '-n', '1'], 'size 100000 needs about')])
 def test_synth_bad_arguments_leave_nothing(tmp_path, args, msg):
     r = run('synth', '--out', str(tmp_path/'o'), *args, '--no-progress')
     assert r.returncode == 2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_refuses_read_only_folder(tmp_path):
+    out = tmp_path/'ro'; out.mkdir(mode=0o555)                    # empty, but made read-only: refused, not replaced
+    r = run('synth', '--out', str(out), '-n', '5', '--size', '32', '--no-progress')
+    assert r.returncode == 2 and 'read-only' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert out.is_dir() and list(out.iterdir()) == [] and (out.stat().st_mode & 0o777) == 0o555
+
+
+def test_synth_output_follows_umask(tmp_path):
+    r = subprocess.run(f'umask 022 && exec {CLIPQ} synth --out {tmp_path/"w"} -n 4 --size 32 --no-progress', shell=True,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/'w').stat().st_mode & 0o777 == 0o755         # not mkdtemp's 0o700
 
 
 def test_killed_synth_leaves_no_output(tmp_path):
