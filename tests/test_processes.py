@@ -72,16 +72,16 @@ def test_synth_pool_dies_with_parent_and_next_run_cleans(tmp_path):
     assert tmp_dirs() == [] and (out/'index.parquet').exists()     # ... which the next run on the same folder removed
 
 
-def test_train_loader_workers_die_with_parent(tmp_path):
-    from clipq.synth import write_synth
-    write_synth(tmp_path/'w', n=40, size=32, shard_size=10, val_fraction=0, workers=1, progress=False, preview=False)
+def test_train_loader_workers_die_with_parent():
+    from clipq.test_utils import tiny_world
+    world = tiny_world(n=40, size=32, shard_size=10, val_fraction=0)
     # each image takes a second to transform: the workers are busy (not idle in torch's own parent check) when killed
     code = f'''
         import time, torch
         from clipq.data import train_loader
         def slow(im): time.sleep(1); return torch.zeros(3, 8, 8)
         tok = lambda texts: torch.zeros(len(texts), 4, dtype=torch.long)
-        it = iter(train_loader({str(tmp_path/'w/train')!r}, slow, tok, batch_size=4, workers=2, shuffle=0))
+        it = iter(train_loader({str(world/'train')!r}, slow, tok, batch_size=4, workers=2, shuffle=0))
         next(it); print('first batch', flush=True)
         time.sleep(600)'''
     _kill_parent_check_workers(code, n_workers=2)
