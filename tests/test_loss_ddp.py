@@ -49,8 +49,10 @@ def _features(model, inp):
 
 
 def _worker(rank, port, outdir):
-    # TRITON_INTERPRET: the fused Triton kernel runs on these CPU tensors through Triton's interpreter
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), TRITON_INTERPRET='1')
+    # the fused Triton kernels run on these CPU tensors through Triton's interpreter (chosen per launch: no
+    # TRITON_INTERPRET needed, and triton may be imported before clipq's kernels)
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    import triton  # noqa: F401
     torch.set_num_threads(1)
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     import open_clip.loss as ocl
