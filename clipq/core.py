@@ -142,15 +142,17 @@ def _umask() -> int:
     m = os.umask(0o022); os.umask(m)
     return m
 
-# %% ../nbs/00_core.ipynb #ae2bb042
+# %% ../nbs/00_core.ipynb #7942bdf2
 def _new_tmp_dir(path: Path) -> tuple:
-    "A new locked temporary folder beside `path`: `(folder, lock fd or None)`."
-    if fcntl is None: return Path(tempfile.mkdtemp(prefix=f'.{path.name}.tmp-', dir=path.parent)), None
-    while True:
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.tmp-', dir=path.parent))
+    "A new temporary folder beside `path`, locked where the filesystem allows: `(folder, lock fd or None)`."
+    new = lambda: Path(tempfile.mkdtemp(prefix=f'.{path.name}.tmp-', dir=path.parent))
+    for _ in range(5 if fcntl is not None else 0):
+        tmp = new()
         fd = _try_lock(tmp)      # a concurrent remove_stale_tmp may have taken it in between: then try again
         if fd is not None and tmp.is_dir() and os.stat(tmp).st_ino == os.fstat(fd).st_ino: return tmp, fd
         if fd is not None: os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return new(), None           # no locks here (e.g. some network filesystems): unlocked, never taken for stale
 
 # %% ../nbs/00_core.ipynb #d7958aed
 @contextlib.contextmanager
