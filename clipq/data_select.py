@@ -57,11 +57,12 @@ def _check_selection(path, pf) -> None:
     if 'key' not in names: raise ValueError(f"{path} has no 'key' column (columns: {names}); is it a selection?")
     if pf.metadata.num_rows == 0: raise ValueError(f"selection {path} is empty: it keeps no sample")
 
-# %% ../nbs/01d_data.select.ipynb #5a6ae9cc
+# %% ../nbs/01d_data.select.ipynb #884dc5f9
 def load_keep(path) -> dict:
     "Read a selection parquet (`key`, optional `caption_idx`, `source_shard`) as `{(shard, key) or key: caption(s)}`."
     import pyarrow as pa, pyarrow.parquet as pq
     path = Path(path).expanduser()
+    if path.is_dir(): raise ValueError(f"{path} is a folder; keep= takes a selection file from `clipq filter`")
     if not path.is_file(): raise FileNotFoundError(f"selection {path} does not exist")
     try: pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
