@@ -72,7 +72,7 @@ def decode_row(row: dict, key: str, shard: str, image_col: str, caption_cols: li
             if k != image_col and k not in caption_cols and isinstance(v, (str, int, float, bool, list, type(None)))}
     return Sample(str(key), image, caps, srcs, shard, ids, meta)
 
-# %% ../nbs/01c_data.sources.ipynb #b782906d
+# %% ../nbs/01c_data.sources.ipynb #dc336fd6
 def read_parquet(paths, report: BadSampleReport | None = None, image_col: str | None = None, caption_cols=None,
                  key_col: str | None = None, sources: dict | None = None, batch_rows: int = 256,
                  **decode_kw) -> Iterator[Sample]:
@@ -84,26 +84,29 @@ def read_parquet(paths, report: BadSampleReport | None = None, image_col: str | 
         except Exception as e: report.add('unreadable_shard', url, '', f'{type(e).__name__}: {str(e)[:200]}'); continue
         ic, cc, kc, src = _columns(pf.schema_arrow.names, image_col, caption_cols, key_col, sources)
         base = None if _is_url(url) else Path(url).parent
-        i = 0
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            for row in batch.to_pylist():
-                key = row[kc] if kc else f'{Path(url).stem}/{i:08d}'
-                i += 1
-                s = decode_row(row, key, url, ic, cc, src, report, base, **decode_kw)
-                if s is not None: yield s
+        rows = (row for batch in pf.iter_batches(batch_size=batch_rows) for row in batch.to_pylist())
+        for i, row in enumerate(rows):
+            key = row[kc] if kc else f'{Path(url).stem}/{i:08d}'
+            if (s := decode_row(row, key, url, ic, cc, src, report, base, **decode_kw)) is not None: yield s
 
-# %% ../nbs/01c_data.sources.ipynb #77af8604
+# %% ../nbs/01c_data.sources.ipynb #3daef37b
+def _hf_names(ds, image_col, caption_cols, key_col) -> list:
+    "The column names of datasets-like `ds`, or those given (a streaming dataset may not know its columns up front)."
+    names = list(getattr(ds, 'column_names', None) or [])
+    if not names and image_col and caption_cols:
+        cc = [caption_cols] if isinstance(caption_cols, str) else caption_cols
+        names = [image_col, *cc, *([key_col] if key_col else [])]
+    if not names: raise ValueError("expected a datasets-like object with `column_names` (or pass image_col= and "
+                                   "caption_cols=) and iteration over dict rows")
+    return names
+
+# %% ../nbs/01c_data.sources.ipynb #f4cb95b5
 def read_hf(ds, report: BadSampleReport | None = None, image_col: str | None = None, caption_cols=None,
             key_col: str | None = None, sources: dict | None = None, name: str | None = None,
             **decode_kw) -> Iterator[Sample]:
     "Samples of a Hugging Face `datasets.Dataset` (or any iterable of dict rows with `column_names`)."
     report = report if report is not None else BadSampleReport()
-    names = list(getattr(ds, 'column_names', None) or [])
-    if not names and image_col and caption_cols:        # e.g. a streaming dataset: columns not known up front
-        cc = [caption_cols] if isinstance(caption_cols, str) else caption_cols
-        names = [image_col, *cc, *([key_col] if key_col else [])]
-    if not names: raise ValueError("expected a datasets-like object with `column_names` (or pass image_col= and "
-                                   "caption_cols=) and iteration over dict rows")
+    names = _hf_names(ds, image_col, caption_cols, key_col)
     ic, cc, kc, src = _columns(names, image_col, caption_cols, key_col, sources)
     feat = (getattr(ds, 'features', None) or {}).get(ic)
     if getattr(feat, 'decode', False) and hasattr(ds, 'cast_column'): ds = ds.cast_column(ic, type(feat)(decode=False))
