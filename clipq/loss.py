@@ -30,10 +30,11 @@ def _as_scale(logit_scale, ref: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"logit_scale must hold one number here, got shape {tuple(logit_scale.shape)}")
     return logit_scale.reshape(()).to(ref.device)
 
-# %% ../nbs/04a_loss.ipynb #5eefbe2d
+# %% ../nbs/04a_loss.ipynb #d182285e
 def _check_pair(a: torch.Tensor, b: torch.Tensor, same_n: bool = True):
     "Clear errors for feature shapes the losses cannot take."
-    if a.ndim != 2 or b.ndim != 2: raise ValueError(f"features must be 2-d (N, D), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"features must be 2-d (N, D), got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[1] != b.shape[1]: raise ValueError(f"feature widths differ: {a.shape[1]} vs {b.shape[1]}")
     if same_n and a.shape[0] != b.shape[0]:
         raise ValueError(f"need one text per image: {a.shape[0]} images vs {b.shape[0]} texts")
@@ -104,7 +105,8 @@ class _LSE2Chunked(torch.autograd.Function):
         for i in range(0, af.shape[0], ctx.chunk):
             sl = slice(i, i + ctx.chunk)
             blk = torch.mm(af[sl], bf.T).mul_(s)                   # recompute this block of logits
-            p = (blk - row[sl, None]).exp_().mul_(g_row[sl, None].to(dt)) if g_row is not None else torch.zeros_like(blk)
+            if g_row is not None: p = (blk - row[sl, None]).exp_().mul_(g_row[sl, None].to(dt))
+            else: p = torch.zeros_like(blk)
             if use_col: p.add_(blk.sub_(col[None]).exp_().mul_(g_col[None].to(dt)))
             gb_rows[sl] = p @ bf
             ga_cols.addmm_(p.T, af[sl])
@@ -205,14 +207,15 @@ class _SoftplusSumChunked(torch.autograd.Function):
         gs = (af * gb_rows).sum().to(scale.dtype) if ctx.needs_input_grad[2] else None
         return ga, gb, gs, (gbias.to(bias.dtype) if ctx.needs_input_grad[3] else None), None
 
-# %% ../nbs/04a_loss.ipynb #d9838dcc
-def sigmoid_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias=None, offset: int = 0,
-                 impl: str = 'auto', chunk_size: int | None = None) -> torch.Tensor:
+# %% ../nbs/04a_loss.ipynb #474d00f7
+def sigmoid_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias=None,
+                 offset: int = 0, impl: str = 'auto', chunk_size: int | None = None) -> torch.Tensor:
     "SigLIP's pairwise sigmoid loss (as open_clip's `SigLipLoss`), positives of row `i` at column `offset + i`."
     a, b = image_features, text_features
     _check_pair(a, b, same_n=False)
     n, dt = a.shape[0], _acc(a, b)
-    if offset < 0 or offset + n > b.shape[0]: raise ValueError(f"positives {offset}..{offset+n-1} outside the {b.shape[0]} columns")
+    if offset < 0 or offset + n > b.shape[0]:
+        raise ValueError(f"positives {offset}..{offset+n-1} outside the {b.shape[0]} columns")
     s = _as_scale(logit_scale, a)
     bias = _as_scale(logit_bias, a) if logit_bias is not None else torch.zeros((), device=a.device, dtype=dt)
     impl = resolve_impl(impl, a)

@@ -114,9 +114,12 @@ def get_logits(self: ClipLoss, image_features, text_features, logit_scale, logit
     if self.world_size > 1:
         all_i, all_t = gather_features(image_features, text_features, self.local_loss, self.gather_with_grad,
                                        self.rank, self.world_size, self.group)
-        if self.local_loss: per_image, per_text = logit_scale * image_features @ all_t.T, logit_scale * text_features @ all_i.T
+        if self.local_loss:
+            per_image, per_text = logit_scale * image_features @ all_t.T, logit_scale * text_features @ all_i.T
         else: per_image = logit_scale * all_i @ all_t.T; per_text = per_image.T
-    else: per_image, per_text = logit_scale * image_features @ text_features.T, logit_scale * text_features @ image_features.T
+    else:
+        per_image = logit_scale * image_features @ text_features.T
+        per_text = logit_scale * text_features @ image_features.T
     if logit_bias is not None: per_image, per_text = per_image + logit_bias, per_text + logit_bias
     return per_image, per_text
 
@@ -125,7 +128,8 @@ def _row_scaled(x: torch.Tensor, logit_scale):
     "(x, logit_scale) for a scalar scale; (s_i x_i, 1) for a per-row scale of shape (N, 1) or (N,)."
     if not isinstance(logit_scale, torch.Tensor) or logit_scale.numel() == 1: return x, logit_scale
     if logit_scale.numel() != x.shape[0]:
-        raise ValueError(f"logit_scale of shape {tuple(logit_scale.shape)} matches neither one number nor {x.shape[0]} rows")
+        raise ValueError(f"logit_scale of shape {tuple(logit_scale.shape)} matches neither one number nor {x.shape[0]} "
+                         "rows")
     return x * logit_scale.reshape(-1, 1).to(x.device), 1.
 
 # %% ../nbs/04d_loss.training.ipynb #28af6da2
@@ -135,10 +139,12 @@ def forward(self: ClipLoss, image_features, text_features, logit_scale, logit_bi
     x, y, s = image_features, text_features, logit_scale
     per_row = isinstance(s, torch.Tensor) and s.numel() > 1
     if self.world_size > 1:
-        all_i, all_t = gather_features(x, y, self.local_loss, self.gather_with_grad, self.rank, self.world_size, self.group)
+        all_i, all_t = gather_features(x, y, self.local_loss, self.gather_with_grad, self.rank, self.world_size,
+                                       self.group)
         if self.local_loss:
             (xs, sx), (ys, sy), off = _row_scaled(x, s), _row_scaled(y, s), self.rank * x.shape[0]
-            loss = (one_way_contrastive_loss(xs, all_t, sx, off, **kw) + one_way_contrastive_loss(ys, all_i, sy, off, **kw)) / 2
+            loss = (one_way_contrastive_loss(xs, all_t, sx, off, **kw) +
+                    one_way_contrastive_loss(ys, all_i, sy, off, **kw)) / 2
         else:
             ai, si = _row_scaled(all_i, s)
             loss = contrastive_loss(ai, all_t, si, **kw)
@@ -158,10 +164,12 @@ def multi_caption_loss(image_features: torch.Tensor, text_features: torch.Tensor
     if text_features.ndim == 2: text_features = text_features[:, None]
     n, k, d = text_features.shape
     if image_features.shape != (n, d):
-        raise ValueError(f"image features {tuple(image_features.shape)} do not match text features {tuple(text_features.shape)}")
+        raise ValueError(f"image features {tuple(image_features.shape)} do not match text features "
+                         f"{tuple(text_features.shape)}")
     s = _as_scale(logit_scale, image_features)
     if reduction in ('mean', 'sum'):
-        losses = torch.stack([contrastive_loss(image_features, text_features[:, j], s, impl, chunk_size) for j in range(k)])
+        losses = torch.stack([contrastive_loss(image_features, text_features[:, j], s, impl, chunk_size)
+                              for j in range(k)])
         if weights is None: return losses.mean() if reduction == 'mean' else losses.sum()
         if len(weights) != k: raise ValueError(f"{len(weights)} weights for {k} caption sources")
         w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device)
@@ -182,7 +190,8 @@ class SigLipLoss(nn.Module):
                  impl: str = 'auto', chunk_size: int | None = None, group=None):
         super().__init__()
         self.dist_impl = dist_impl or 'bidir'
-        if self.dist_impl not in ('bidir', 'shift', 'reduce', 'gather'): raise ValueError(f"unknown dist_impl {dist_impl!r}")
+        if self.dist_impl not in ('bidir', 'shift', 'reduce', 'gather'):
+            raise ValueError(f"unknown dist_impl {dist_impl!r}")
         self.cache_labels, self.rank, self.world_size = cache_labels, rank, world_size
         self.impl, self.chunk_size, self.group = impl, chunk_size, group
         self.prev_num_logits, self.labels = 0, {}
@@ -201,6 +210,7 @@ def forward(self: SigLipLoss, image_features, text_features, logit_scale, logit_
     kw = dict(impl=self.impl, chunk_size=self.chunk_size)
     if self.world_size > 1:
         all_t = all_gather_with_grad(text_features, self.group)
-        loss = sigmoid_loss(image_features, all_t, logit_scale, logit_bias, offset=self.rank * image_features.shape[0], **kw)
+        off = self.rank * image_features.shape[0]
+        loss = sigmoid_loss(image_features, all_t, logit_scale, logit_bias, offset=off, **kw)
     else: loss = sigmoid_loss(image_features, text_features, logit_scale, logit_bias, **kw)
     return {"contrastive_loss": loss} if output_dict else loss

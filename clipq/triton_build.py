@@ -13,17 +13,22 @@ import torch
 import triton
 from .triton_loss import Kernel, lse2_fwd, lse2_bwd, softplus_fwd, softplus_bwd
 
-# %% ../nbs/04c_loss.triton_build.ipynb #48f3ca07
-_LOWP = dict(fwd=[dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3), dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=3)],
+# %% ../nbs/04c_loss.triton_build.ipynb #46acc7c1
+_LOWP = dict(fwd=[dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3),
+                  dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=3)],
              bwd=[dict(BM=64, BN=32, BK=32, BD=512, num_warps=8, num_stages=2),
                   dict(BM=64, BN=64, BK=32, BD=256, num_warps=8, num_stages=2)])
-_FP32 = dict(fwd=[dict(BM=64, BN=64, BK=16, num_warps=4, num_stages=1), dict(BM=64, BN=32, BK=16, num_warps=4, num_stages=2),
+_FP32 = dict(fwd=[dict(BM=64, BN=64, BK=16, num_warps=4, num_stages=1),
+                  dict(BM=64, BN=32, BK=16, num_warps=4, num_stages=2),
                   dict(BM=32, BN=64, BK=32, num_warps=4, num_stages=2)],
-             bwd=[dict(BM=64, BN=32, BK=8, BD=64, num_warps=8, num_stages=1), dict(BM=64, BN=32, BK=16, BD=64, num_warps=8, num_stages=1),
+             bwd=[dict(BM=64, BN=32, BK=8, BD=64, num_warps=8, num_stages=1),
+                  dict(BM=64, BN=32, BK=16, BD=64, num_warps=8, num_stages=1),
                   dict(BM=128, BN=32, BK=8, BD=64, num_warps=8, num_stages=1)])
 CONFIGS = {('sm80', 'lowp'): _LOWP, ('sm80', 'fp32'): _FP32,
-           ('sm90', 'lowp'): dict(fwd=_LOWP['fwd'], bwd=[dict(BM=64, BN=64, BK=32, BD=512, num_warps=8, num_stages=2), *_LOWP['bwd']]),
-           ('sm90', 'fp32'): dict(fwd=_FP32['fwd'], bwd=_FP32['bwd'] + [dict(BM=64, BN=64, BK=8, BD=128, num_warps=8, num_stages=1)])}
+           ('sm90', 'lowp'): dict(fwd=_LOWP['fwd'],
+                                  bwd=[dict(BM=64, BN=64, BK=32, BD=512, num_warps=8, num_stages=2), *_LOWP['bwd']]),
+           ('sm90', 'fp32'): dict(fwd=_FP32['fwd'],
+                                  bwd=_FP32['bwd'] + [dict(BM=64, BN=64, BK=8, BD=128, num_warps=8, num_stages=1)])}
 
 # %% ../nbs/04c_loss.triton_build.ipynb #eb5808d5
 def tile_configs(kind: str, dtype: torch.dtype, capability: tuple[int, int]) -> list[dict]:
@@ -69,7 +74,8 @@ VARIANTS = [(lse2_fwd, 'fwd', dict(WITH_COL=True)), (lse2_fwd, 'fwd', dict(WITH_
             (lse2_bwd, 'bwd', dict(OWN=True, OTHER=True)), (lse2_bwd, 'bwd', dict(OWN=True, OTHER=False)),
             (lse2_bwd, 'bwd', dict(OWN=False, OTHER=True)), (softplus_fwd, 'fwd', {}), (softplus_bwd, 'bwd', {})]
 
-def build_matrix(dtypes=(torch.bfloat16, torch.float16, torch.float32), capabilities=((8, 0), (9, 0)), first_only=False):
+def build_matrix(dtypes=(torch.bfloat16, torch.float16, torch.float32), capabilities=((8, 0), (9, 0)),
+                 first_only: bool = False):
     "(kernel, dtype, config, capability, constexprs) for every launch clipq can make (the first config only if asked)."
     return [(k, dt, cfg, cc, consts) for k, kind, consts in VARIANTS for dt in dtypes for cc in capabilities
             for cfg in tile_configs(kind, dt, cc)[:1 if first_only else None]]
@@ -77,18 +83,22 @@ def build_matrix(dtypes=(torch.bfloat16, torch.float16, torch.float32), capabili
 # %% ../nbs/04c_loss.triton_build.ipynb #a0a62aaf
 GPUS = {'H100': dict(tflops=989., tbps=3.35), 'A100': dict(tflops=312., tbps=2.0)}   # dense bf16 TFLOP/s, HBM TB/s
 
-def roofline(n: int = 65536, d: int = 768, bd: int = 512, bm: int = 64, bn: int = 64, elt: int = 2, gpus=GPUS) -> list[dict]:
+def roofline(n: int = 65536, d: int = 768, bd: int = 512, bm: int = 64, bn: int = 64, elt: int = 2,
+             gpus=GPUS) -> list[dict]:
     "Analytic FLOPs, bytes and time bound (ms) per pass of the fused loss, and fwd+bwd totals with the share of peak."
     ns, nd, feat = -(-d // bd), n * d, 2 * n * d * elt        # D slices; both feature matrices read once
     passes = {'forward (both LSEs)': (2 * n * n * d, feat + n * n // bm * 16),
               'bwd: one pass, atomics': (6 * n * n * d, feat + 8 * n * nd * (1 / bn + 1 / bm)),
               'bwd: row pass': ((ns + 1) * 2 * n * n * d, feat + 4 * nd),
               'bwd: column pass': ((ns + 1) * 2 * n * n * d, feat + 4 * nd)}
-    ms = {k: {g: max(f / p['tflops'] / 1e9, b / p['tbps'] / 1e9) for g, p in gpus.items()} for k, (f, b) in passes.items()}
+    ms = {k: {g: max(f / p['tflops'] / 1e9, b / p['tbps'] / 1e9) for g, p in gpus.items()}
+          for k, (f, b) in passes.items()}
     rows = [dict(step=k, FLOP=f, bytes=b, **{f'{g} ms': t for g, t in ms[k].items()}) for k, (f, b) in passes.items()]
-    for plan, steps in {'= one pass + atomics': list(passes)[:2], '= two passes': [list(passes)[0], *list(passes)[2:]]}.items():
+    plans = {'= one pass + atomics': list(passes)[:2], '= two passes': [list(passes)[0], *list(passes)[2:]]}
+    for plan, steps in plans.items():
         t = {g: sum(ms[s][g] for s in steps) for g in gpus}
         rows.append(dict(step=plan, FLOP=sum(passes[s][0] for s in steps), bytes=sum(passes[s][1] for s in steps),
                          **{f'{g} ms': v for g, v in t.items()},
-                         **{f'{g} % peak': 8 * n * n * d / (t[g] / 1e3) / (gpus[g]['tflops'] * 1e12) * 100 for g in gpus}))
+                         **{f'{g} % peak': 8 * n * n * d / (t[g] / 1e3) / (gpus[g]['tflops'] * 1e12) * 100
+                            for g in gpus}))
     return rows

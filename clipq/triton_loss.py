@@ -153,7 +153,7 @@ def softplus_fwd(A, B, SCALE, BIAS, ROWSUM, n, m, D, sa, sb,
 @Kernel
 def softplus_bwd(X, Y, SCALE, BIAS, G, DX, PSUM, n, m, D, sx, sy,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, UPCAST: tl.constexpr):
-    "DX[rows, slice] = P @ Y[:, slice], P = G sigmoid(scale x.y + bias); first-slice programs store PSUM[rows] = P.sum(1)."
+    "DX[rows, slice] = P @ Y[:, slice], P = G sigmoid(scale x.y + bias); first-slice programs: PSUM[rows] = P.sum(1)."
     dsl = tl.program_id(1)
     dd = dsl * BD + tl.arange(0, BD)
     dmask = dd < D
@@ -188,7 +188,8 @@ def _tuned(k: Kernel, kind: str, dtype: torch.dtype, capability: tuple[int, int]
     "`k` autotuned over `tile_configs(kind, dtype, capability)`, keyed on the problem size."
     from clipq.triton_build import tile_configs        # the config lists live with their build check
     cfgs = [triton.Config({n: v for n, v in c.items() if n not in ('num_warps', 'num_stages')},
-                          num_warps=c['num_warps'], num_stages=c['num_stages']) for c in tile_configs(kind, dtype, capability)]
+                          num_warps=c['num_warps'], num_stages=c['num_stages'])
+            for c in tile_configs(kind, dtype, capability)]
     keep = [n for n in ('CMAX', 'CSUM') if n in k.arg_names]
     return triton.autotune(cfgs, key=['n', 'm', 'D'], restore_value=keep)(k)
 
@@ -197,7 +198,8 @@ def launch(k: Kernel, kind: str, x: torch.Tensor, grid, *args, **consts):
     "Run `k(*args, **consts)` on `grid(config)` programs: interpreted on the CPU, compiled and autotuned on `x`'s GPU."
     if interpreting(x):
         cfg = {n: v for n, v in INTERPRETER_CONFIG[kind].items() if n in k.arg_names}
-        with interpreted_calls(): return k.interpreted[grid(cfg)](*args, **consts, **cfg, UPCAST=INTERPRETER_UPCAST or x.dtype == torch.float32)
+        upcast = INTERPRETER_UPCAST or x.dtype == torch.float32
+        with interpreted_calls(): return k.interpreted[grid(cfg)](*args, **consts, **cfg, UPCAST=upcast)
     with torch.cuda.device(x.device):
         cap = torch.cuda.get_device_capability(x.device)
         return _tuned(k, kind, x.dtype, cap)[grid](*args, **consts, UPCAST=x.dtype == torch.float32)
@@ -208,9 +210,9 @@ def max_programs(x: torch.Tensor, n: int) -> int:
     if interpreting(x): return max(1, min(triton.cdiv(n, 32), 4))
     return max(1, min(triton.cdiv(n, 64), 4 * torch.cuda.get_device_properties(x.device).multi_processor_count))
 
-# %% ../nbs/04b_loss.triton.ipynb #95c8d38e
+# %% ../nbs/04b_loss.triton.ipynb #45d87576
 def grad_scale(*gs: torch.Tensor) -> torch.Tensor:
-    "A power of two >= max |g| over `gs` (1 if all are 0 or not finite), as a 0-d fp32 tensor."
+    "A power of two >= max |g| over `gs` (2 if all are 0 or not finite), as a 0-d fp32 tensor."
     gmax = torch.stack([g.detach().float().abs().amax() for g in gs]).amax()
     ok = torch.isfinite(gmax) & (gmax > 0)
     e = torch.frexp(torch.where(ok, gmax, torch.ones_like(gmax))).exponent.clamp(-126, 126)
