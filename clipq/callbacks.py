@@ -80,7 +80,7 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}); "
                          f"delete it to resume from an earlier one") from None
     if not isinstance(ck, dict) or ck.get('format') != 'clipq.checkpoint':
         raise ValueError(f"{path} is not a clipq training checkpoint (no 'format': 'clipq.checkpoint'); it may hold only "
@@ -358,7 +358,7 @@ class StepProgress(Callback):
     def __init__(self, every: int = 50, total: int | None = None): self.every, self.total = every, total
     def before_fit(self):
         self.t0, self.s0 = time.perf_counter(), self.train_iter
-        self.n = self.total or self.n_epoch * len(self.dls.train)
+        self.n = self.total or getattr(self.dls.train, 'total_steps', None) or self.n_epoch * len(self.dls.train)
     def after_batch(self):
         if not self.training or not is_main() or self.every < 1: return
         if self.train_iter % self.every and self.train_iter != self.n: return

@@ -20,7 +20,8 @@ from fastai.optimizer import OptimWrapper
 from .callbacks import (CSVLog, Checkpoint, DistributedGrads, NaNGuard, StepProgress, TensorBoardLog, Throughput,
                              unwrap, world)
 from .core import get_logger
-from .loss import all_gather_with_grad, distributed_contrastive_loss, multi_caption_loss, sigmoid_loss
+from .loss import (all_gather_with_grad, contrastive_loss, distributed_contrastive_loss, multi_caption_loss,
+                        sigmoid_loss)
 
 # %% auto #0
 __all__ = ['SYNTH_TEMPLATES', 'ClipBatches', 'ClipForward', 'cached_embed', 'ContrastiveLoss', 'ContrastiveAccumulation',
@@ -131,20 +132,21 @@ class ContrastiveLoss:
 
     def __call__(self, pred: dict, labels=None) -> torch.Tensor:
         img, txt, s = pred['image_features'], pred['text_features'], pred['logit_scale']
-        if txt.ndim == 3 and (self.kind == 'siglip' or world()[1] > 1):
+        local = world()[1] == 1 or not torch.is_grad_enabled()   # evaluation: each process its own batches, no collective
+        if txt.ndim == 3 and (self.kind == 'siglip' or not local):
             ls = [self(dict(pred, text_features=txt[:, j])) for j in range(txt.shape[1])]
             w = self.weights or [1.] * len(ls)
             return sum(wi * l for wi, l in zip(w, ls)) / sum(w)
-        if self.kind == 'siglip': return self._siglip(img, txt, s, pred.get('logit_bias'))
+        if self.kind == 'siglip': return self._siglip(img, txt, s, pred.get('logit_bias'), local)
         if txt.ndim == 3: return multi_caption_loss(img, txt, s, weights=self.weights, impl=self.impl)
+        if local: return contrastive_loss(img, txt, s, impl=self.impl)
         return distributed_contrastive_loss(img, txt, s, impl=self.impl)
 
-    def _siglip(self, img, txt, s, bias):
+    def _siglip(self, img, txt, s, bias, local: bool):
         if bias is None: raise ValueError("the SigLIP loss needs a model with a logit_bias: create it with "
                                           "create_clip(name, init_logit_bias=-10, init_logit_scale=math.log(10))")
-        rank, ws = world()
-        if ws == 1: return sigmoid_loss(img, txt, s, bias, impl=self.impl)
-        return sigmoid_loss(img, all_gather_with_grad(txt), s, bias, offset=rank * img.shape[0], impl=self.impl)
+        if local: return sigmoid_loss(img, txt, s, bias, impl=self.impl)
+        return sigmoid_loss(img, all_gather_with_grad(txt), s, bias, offset=world()[0] * img.shape[0], impl=self.impl)
 
 # %% ../nbs/07b_train_learner.ipynb #d4dd26fd
 class ContrastiveAccumulation(Callback):
@@ -331,7 +333,7 @@ def clip_learner(model: nn.Module, train_dl, valid_dl=None, loss: str = 'clip', 
                  warmup: int = 0, total_steps: int | None = None, accum: int = 1, precision: str = 'auto',
                  grad_clip: float | None = None, betas=(0.9, 0.98), eps: float = 1e-6, max_bad: int = 10, impl: str = 'auto',
                  out=None, save_every: int | None = None, resume=None, zero_shot=None, tokenizer=None,
-                 log_every: int = 0, meta: dict | None = None, cbs=None, **kwargs) -> Learner:
+                 log_every: int = 0, meta: dict | None = None, opt_func=None, cbs=None, **kwargs) -> Learner:
     "A fastai `Learner` for contrastive pretraining of open_clip `model` (see the list of callbacks above)."
     dev = next(model.parameters()).device
     prec = _precision(precision, dev)
@@ -347,9 +349,9 @@ def clip_learner(model: nn.Module, train_dl, valid_dl=None, loss: str = 'clip', 
     if log_every: cb.append(StepProgress(log_every))
     if out is not None:
         cb += [CSVLog(out), TensorBoardLog(f'{out}/tb')]
-        if save_every or resume: cb.append(Checkpoint(f'{out}/checkpoints', every=save_every, resume=resume, meta=meta))
+        cb.append(Checkpoint(f'{out}/checkpoints', every=save_every, resume=resume, meta=meta, weights='../model.safetensors'))
     learn = Learner(DataLoaders(tdl, vdl, device=dev), ClipForward(model), loss_func=ContrastiveLoss(loss, impl),
-                    opt_func=adamw(betas, eps), lr=lr, wd=[wd, 0.], splitter=clip_splitter, metrics=clip_metrics(ev),
+                    opt_func=opt_func or adamw(betas, eps), lr=lr, wd=[wd, 0.], splitter=clip_splitter, metrics=clip_metrics(ev),
                     cbs=cb + list(cbs or []), **kwargs)
     learn.clip_eval = ev
     return learn
