@@ -193,7 +193,7 @@ def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto',
     for items in (train, valid): check_items(items, task, full=check, **kw)
     train = [train[i] for i in subset_indices(len(train), fraction, seed)]
     n_train = len(train)
-    if epoch_len and epoch_len > n_train: train = train * math.ceil(epoch_len / n_train)   # iteration-based training
+    if epoch_len and epoch_len > n_train: train = (train * math.ceil(epoch_len / n_train))[:epoch_len]   # by iterations
     if task == 'seg': tt = seg_train_transform(p['crop'], p['scale'], p['ratio_range'], p['cat_max_ratio'], mean=mean, std=std)
     else: tt = depth_train_transform(p['crop'], p['rotate'], mean=mean, std=std)
     bs = bs or p.get('bs', 8)
