@@ -238,7 +238,7 @@ def count_params(m: torch.nn.Module, trainable: bool = False) -> int:
     "Number of parameters (not buffers) of `m`; with `trainable`, only those that require grad."
     return sum(p.numel() for p in m.parameters() if p.requires_grad or not trainable)
 
-# %% ../nbs/00_core.ipynb #15bfebc2
+# %% ../nbs/00_core.ipynb #2106f084
 def get_logger(name: str = 'clipq') -> logging.Logger:
     "The `clipq` logger (or a child of it), with one stderr handler attached on first use."
     root = logging.getLogger('clipq')
@@ -246,6 +246,6 @@ def get_logger(name: str = 'clipq') -> logging.Logger:
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s', '%H:%M:%S'))
         root.addHandler(h)
-        root.setLevel(os.environ.get('CLIPQ_LOG_LEVEL', 'INFO').upper())
+        if root.level == logging.NOTSET: root.setLevel(os.environ.get('CLIPQ_LOG_LEVEL', 'INFO').upper())
         root.propagate = False
     return root if name == 'clipq' else root.getChild(name.removeprefix('clipq.'))

@@ -40,7 +40,7 @@ def _wait(cond, timeout: float, step: float = 0.1):
 def _gone(pids) -> bool: return all(_state(p) in (None, 'Z', 'X') for p in pids)
 
 
-def _kill_parent_check_workers(code: str, n_workers: int, ready=lambda: True, grace: float = 5.0) -> list:
+def _kill_parent_check_workers(code: str, n_workers: int, ready=lambda: True, grace: float = 10.0) -> list:
     "Run `code` in a parent process, wait for its `n_workers` children and `ready()`, SIGKILL it; return the workers."
     parent = subprocess.Popen([sys.executable, '-c', textwrap.dedent(code)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -75,11 +75,12 @@ def test_synth_pool_dies_with_parent_and_next_run_cleans(tmp_path):
 def test_train_loader_workers_die_with_parent():
     from clipq.test_utils import tiny_world
     world = tiny_world(n=40, size=32, shard_size=10, val_fraction=0)
-    # each image takes a second to transform: the workers are busy (not idle in torch's own parent check) when killed
+    # each image takes 3 s to transform: the workers are busy (not idle in torch's own parent check) when killed,
+    # and would stay so for 20 s or more without die_with_parent
     code = f'''
         import time, torch
         from clipq.data import train_loader
-        def slow(im): time.sleep(1); return torch.zeros(3, 8, 8)
+        def slow(im): time.sleep(3); return torch.zeros(3, 8, 8)
         tok = lambda texts: torch.zeros(len(texts), 4, dtype=torch.long)
         it = iter(train_loader({str(world/'train')!r}, slow, tok, batch_size=4, workers=2, shuffle=0))
         next(it); print('first batch', flush=True)
