@@ -17,11 +17,12 @@ from timm.models.vision_transformer import Block, VisionTransformer
 import warnings
 with warnings.catch_warnings():                   # fastai's import triggers a torch.jit deprecation warning
     warnings.simplefilter('ignore', FutureWarning)
-    from fastai.callback.core import Callback
+    from fastai.callback.core import Callback, CancelValidException
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader as _FastaiDL
     from fastai.learner import Learner
     from fastai.optimizer import Adam
+    from fastai.callback.progress import ProgressCallback   # Learner.no_bar
 from functools import partial
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -31,7 +32,8 @@ from .models import DenseBackbone, ViTBackbone, create_backbone, load_backbone_w
 # %% auto #0
 __all__ = ['patchify', 'unpatchify', 'random_masking', 'encode_visible', 'MAEDecoder', 'mae_target', 'mae_loss', 'MAE',
            'mae_loss_func', 'SceneImages', 'load_scenes', 'AugmentedImages', 'normalize', 'BudgetLoader',
-           'WarmupCosine', 'budget_learner', 'reconstruction_error', 'show_reconstructions', 'save_encoder']
+           'WarmupCosine', 'ValidateAtEnd', 'budget_learner', 'reconstruction_error', 'show_reconstructions',
+           'save_encoder', 'MultiLabelClassifier', 'pretrain_mae', 'pretrain_supervised']
 
 # %% ../nbs/09_mae.ipynb #10c23d40
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
@@ -242,7 +244,14 @@ class WarmupCosine(Callback):
     def before_batch(self):
         if self.training: self.learn.opt.set_hyper('lr', self.lr_at(self.learn.train_iter))
 
-# %% ../nbs/09_mae.ipynb #9a9e88be
+# %% ../nbs/09_mae.ipynb #8b5b2b14
+class ValidateAtEnd(Callback):
+    "Skip fastai's validation except after the last epoch of `fit`."
+    order = 0
+    def before_validate(self):
+        if self.epoch < self.n_epoch - 1: raise CancelValidException()
+
+# %% ../nbs/09_mae.ipynb #a48032f3
 def budget_learner(model: nn.Module, loss_func, train: SceneImages, valid: SceneImages | None, images: int,
                    batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, warmup: float = 0.05,
                    labels: bool = False, seed: int = 0, device=None, metrics=None, cbs=None) -> Learner:
@@ -254,11 +263,11 @@ def budget_learner(model: nn.Module, loss_func, train: SceneImages, valid: Scene
     vdl = _FastaiDL(vds, bs=batch_size, device=device, after_batch=lambda b: (normalize(b[0]), *b[1:]))
     learn = Learner(DataLoaders(tdl, vdl, device=device), model.to(device), loss_func=loss_func,
                     opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), lr=lr, wd=weight_decay,
-                    metrics=metrics, cbs=[WarmupCosine(lr, tdl.steps, warmup)] + list(cbs or []))
+                    metrics=metrics, cbs=[WarmupCosine(lr, tdl.steps, warmup), ValidateAtEnd()] + list(cbs or []))
     learn.n_passes = tdl.n_passes
     return learn
 
-# %% ../nbs/09_mae.ipynb #f6e620fb
+# %% ../nbs/09_mae.ipynb #fa726494
 @torch.no_grad()
 def reconstruction_error(mae: MAE, scenes: SceneImages, batch_size: int = 64, seed: int = 0) -> float:
     "Mean masked-patch loss of `mae` over `scenes` (masks from `seed`, the same for every call)."
@@ -272,7 +281,7 @@ def reconstruction_error(mae: MAE, scenes: SceneImages, batch_size: int = 64, se
     finally: mae.generator = None; mae.train(was)
     return tot / len(scenes)
 
-# %% ../nbs/09_mae.ipynb #54b75cc3
+# %% ../nbs/09_mae.ipynb #6dbb07a7
 @torch.no_grad()
 def show_reconstructions(mae: MAE, scenes: SceneImages, n: int = 4, seed: int = 0, figsize=(6, 6)):
     "A figure of `n` images: original, what the encoder saw (visible patches), and the reconstruction."
@@ -297,7 +306,7 @@ def show_reconstructions(mae: MAE, scenes: SceneImages, n: int = 4, seed: int = 
     fig.tight_layout()
     return fig
 
-# %% ../nbs/09_mae.ipynb #f65f7820
+# %% ../nbs/09_mae.ipynb #1e745a2a
 def save_encoder(state_dict: dict, path, meta: dict | None = None) -> Path:
     "Write an encoder state dict atomically as safetensors (with `meta` as string metadata); returns the path."
     from safetensors.torch import save_file
@@ -305,3 +314,141 @@ def save_encoder(state_dict: dict, path, meta: dict | None = None) -> Path:
     sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_write(path) as tmp: save_file(sd, str(tmp), metadata={k: str(v) for k, v in (meta or {}).items()})
     return path
+
+# %% ../nbs/09_mae.ipynb #b79d80e3
+class MultiLabelClassifier(nn.Module):
+    "A dense backbone's trunk, mean-pooled last features, LayerNorm and a linear layer: a logit per class."
+    def __init__(self, backbone: DenseBackbone, num_classes: int):
+        super().__init__()
+        self.trunk, self.vit = backbone.trunk, isinstance(backbone, ViTBackbone)
+        dim = self.trunk.embed_dim if self.vit else backbone.channels[-1]
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vit: return self.trunk.forward_features(x)[:, self.trunk.num_prefix_tokens:].mean(1)
+        return self.trunk(x)[-1].mean((-2, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.head(self.norm(self.features(x)))
+    def encoder_state_dict(self) -> dict: return {k: v.detach().clone() for k, v in self.trunk.state_dict().items()}
+
+# %% ../nbs/09_mae.ipynb #110bd2b5
+def _check_run(out: Path, config: dict, overwrite: bool) -> str:
+    "'done', 'resume' or 'start' for a run with `config` in folder `out` (cleared first when `overwrite`)."
+    import shutil
+    from clipq.callbacks import list_checkpoints
+    cfg_file = out/'config.json'
+    if out.exists() and overwrite: shutil.rmtree(out)
+    if cfg_file.is_file():
+        old = json.loads(cfg_file.read_text())
+        if old != config:
+            diff = ', '.join(f'{k}: {old.get(k)!r} → {config.get(k)!r}' for k in sorted(set(old) | set(config))
+                             if old.get(k) != config.get(k))
+            raise FileExistsError(f"{out} holds a run with other settings ({diff}); "
+                                  "choose another folder or pass overwrite=True (--overwrite)")
+        if (out/'encoder.safetensors').is_file(): return 'done'
+        if list_checkpoints(out/'checkpoints'): return 'resume'
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no clipq pretraining run; "
+                              "choose another folder or pass overwrite=True")
+    return 'start'
+
+# %% ../nbs/09_mae.ipynb #ee642b16
+def _input_size(bb: DenseBackbone) -> int:
+    "The tower's nominal input size (the size the CLIP arm trains it at)."
+    if isinstance(bb, ViTBackbone): return int(bb.trunk.patch_embed.img_size[0])
+    return int((getattr(bb.trunk, 'pretrained_cfg', None) or {}).get('input_size', (3, 224, 224))[-1])
+
+def _pretrain(method: str, make_model, loss_func, data, out, backbone: str, images_seen: int, batch_size: int,
+              lr: float, weight_decay: float, warmup: float, seed: int, device, save_every, log_every: int,
+              overwrite: bool, progress: bool, labels: bool = False, metrics=None, **extra) -> Path:
+    "The driver of `pretrain_mae`/`pretrain_supervised`: load data, build, train (resumable), save the encoder."
+    from clipq.callbacks import Checkpoint, CSVLog, NaNGuard, StepProgress
+    out = Path(out).expanduser()
+    config = dict(method=method, data=str(data), backbone=backbone, images_seen=images_seen, batch_size=batch_size,
+                  lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed, **extra)
+    state, log, t0 = _check_run(out, config, overwrite), get_logger('clipq.mae'), time.time()
+    if state == 'done':
+        log.info('%s: %s already trained (%s)', method, backbone, out/'encoder.safetensors')
+        return out/'encoder.safetensors'
+    seed_everything(seed)
+    bb = create_backbone(backbone)
+    train = load_scenes(data, 'train', size=extra.get('size') or _input_size(bb))
+    try: valid = load_scenes(data, 'val', size=train.images.shape[-1], classes=train.classes)
+    except FileNotFoundError: valid = None
+    model = make_model(bb, train)
+    out.mkdir(parents=True, exist_ok=True)
+    if state == 'start':
+        with atomic_write(out/'config.json') as tmp: tmp.write_text(json.dumps(config, indent=1))
+    steps_per_pass = len(train) // batch_size
+    resume = 'latest' if state == 'resume' else None
+    cbs = [Checkpoint(out/'checkpoints', every=save_every or steps_per_pass, resume=resume, weights=None, meta=config),
+           CSVLog(out), NaNGuard()]
+    if log_every: cbs.append(StepProgress(log_every))
+    learn = budget_learner(model, loss_func, train, valid, images_seen, batch_size, lr, weight_decay, warmup, labels,
+                           seed, device, metrics, cbs)
+    import contextlib
+    with (contextlib.nullcontext() if progress else learn.no_bar()), learn.no_logging(): learn.fit(learn.n_passes)
+    rec = learn.recorder
+    final = dict(zip(rec.metric_names[1:-1], map(float, rec.values[-1]))) if rec.values else {}
+    summary = dict(steps=learn.train_iter, images=learn.train_iter * batch_size, seconds=round(time.time() - t0, 1),
+                   classes=train.classes, **final)
+    with atomic_write(out/'summary.json') as tmp: tmp.write_text(json.dumps(summary, indent=1))
+    path = save_encoder(model.encoder_state_dict(), out/'encoder.safetensors', dict(config, **summary))
+    log.info('%s: %s trained on %d images in %.0fs → %s', method, backbone, summary['images'], summary['seconds'],
+             path)
+    return path
+
+# %% ../nbs/09_mae.ipynb #2c14b131
+def pretrain_mae(data: str,                        # a `clipq synth` folder (train/ and val/ shards) or train shards
+                 out: str,                         # run folder: config, checkpoints/, log.csv, summary, encoder
+                 backbone: str = 'clipq-tiny-vit', # ViT tower: an open_clip or timm name `create_backbone` knows
+                 images_seen: int = 100_000,       # budget: images seen in training (steps × batch size)
+                 batch_size: int = 64,             # images per step
+                 lr: float = 1.5e-3,               # peak learning rate (AdamW)
+                 weight_decay: float = 0.05,       # AdamW weight decay (not on norms and biases)
+                 warmup: float = 0.05,             # fraction of the steps with a linear warm-up
+                 mask_ratio: float = 0.75,         # fraction of each image's patches hidden from the encoder
+                 decoder_dim: int | None = None,   # decoder width (default: the encoder's, at most 512)
+                 decoder_depth: int = 2,           # decoder blocks
+                 seed: int = 0,                    # seed of the initialisation, the masks and the data order
+                 device: str | None = None,        # torch device (default: cuda if available, else cpu)
+                 save_every: int | None = None,    # checkpoint every N steps (default: after every pass)
+                 log_every: int = 0,               # log a progress line every N steps (0: none)
+                 overwrite: bool = False,          # replace a different run in OUT
+                 progress: bool = False,           # show fastai's progress bar
+                 ) -> Path:                        # the trained encoder, loadable by `create_backbone(pretrained=...)`
+    "Pretrain a ViT tower as a masked autoencoder on the images of `data`; returns the encoder's weights file."
+    def make(bb, train):
+        if not isinstance(bb, ViTBackbone):
+            raise ValueError(f"MAE needs a ViT tower; {backbone!r} is hierarchical: use pretrain_supervised for it")
+        return MAE(bb.trunk, mask_ratio, decoder_dim, decoder_depth)
+    return _pretrain('mae', make, mae_loss_func, data, out, backbone, images_seen, batch_size, lr, weight_decay, warmup,
+                     seed, device, save_every, log_every, overwrite, progress, mask_ratio=mask_ratio,
+                     decoder_dim=decoder_dim, decoder_depth=decoder_depth)
+
+# %% ../nbs/09_mae.ipynb #7c8515e0
+def pretrain_supervised(data: str,                        # a `clipq synth` folder (train/, val/ shards) or train shards
+                        out: str,                         # run folder: config, checkpoints/, log.csv, summary, encoder
+                        backbone: str = 'clipq-tiny-vit', # tower (ViT or MCi): an open_clip or timm name
+                        images_seen: int = 100_000,       # budget: images seen in training (steps × batch size)
+                        batch_size: int = 64,             # images per step
+                        lr: float = 1e-3,                 # peak learning rate (AdamW)
+                        weight_decay: float = 0.05,       # AdamW weight decay (not on norms and biases)
+                        warmup: float = 0.05,             # fraction of the steps with a linear warm-up
+                        seed: int = 0,                    # seed of the initialisation and the data order
+                        device: str | None = None,        # torch device (default: cuda if available, else cpu)
+                        save_every: int | None = None,    # checkpoint every N steps (default: after every pass)
+                        log_every: int = 0,               # log a progress line every N steps (0: none)
+                        overwrite: bool = False,          # replace a different run in OUT
+                        progress: bool = False,           # show fastai's progress bar
+                        ) -> Path:                        # the trained tower, for `create_backbone(pretrained=...)`
+    "Pretrain a tower to name the object classes visible in each scene (multi-label BCE); returns its weights file."
+    from fastai.metrics import accuracy_multi
+    def make(bb, train):
+        if not train.labels.sum():
+            raise ValueError(f"no object labels in {data}: supervised pretraining needs the .json object lists "
+                             "that `clipq synth` writes")
+        return MultiLabelClassifier(bb, len(train.classes))
+    return _pretrain('supervised', make, nn.BCEWithLogitsLoss(), data, out, backbone, images_seen, batch_size, lr,
+                     weight_decay, warmup, seed, device, save_every, log_every, overwrite, progress, labels=True,
+                     metrics=accuracy_multi)
