@@ -64,7 +64,8 @@ def build_kernel(k: Kernel, dtype: torch.dtype, config: dict, capability: tuple[
         r = subprocess.run([str(ptxas_path()), '-v', f'--gpu-name={arch}', 'k.ptx', '-o', 'k.o'], cwd=tmp,
                            capture_output=True, text=True, check=True)
     num = lambda pat: max([int(v) for v in re.findall(pat, r.stderr)] or [0])
-    return dict(kernel=k.__name__, dtype=_TYPES[dtype], arch=arch, **{n: config[n] for n in ('BM', 'BN', 'BK') },
+    return dict(kernel=k.__name__, variant=','.join(f'{n}={int(v)}' for n, v in consts.items()) or '-',
+                dtype=_TYPES[dtype], arch=arch, **{n: config[n] for n in ('BM', 'BN', 'BK')},
                 BD=config.get('BD', '-'), warps=config['num_warps'], stages=config['num_stages'],
                 regs=num(r'Used (\d+) registers'), spill_stores=num(r'(\d+) bytes spill stores'),
                 spill_loads=num(r'(\d+) bytes spill loads'), seconds=round(time.perf_counter() - t0, 2))

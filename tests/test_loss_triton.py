@@ -74,7 +74,8 @@ def test_compile_after_interpreted_launches():
     if ptxas_path() is None: pytest.skip('no ptxas in this triton wheel')
     from clipq.loss import contrastive_loss
     from clipq.test_utils import feature_pair
-    from clipq.triton_loss import lse2_fwd, tile_configs
+    from clipq.triton_build import tile_configs
+    from clipq.triton_loss import lse2_fwd
     contrastive_loss(*feature_pair(9, 8), 10., impl='fused')
     r = build_kernel(lse2_fwd, torch.bfloat16, tile_configs('fwd', torch.bfloat16, (9, 0))[0], (9, 0), WITH_COL=True)
     assert r['spill_stores'] == 0 and r['regs'] > 0
