@@ -15,9 +15,23 @@ from .dense_augment import data_info
 from .dense_train import CKPT_SUFFIXES
 
 # %% auto #0
-__all__ = ['higher_is_better', 'sweep', 'efficiency_factor']
+__all__ = ['efficiency_factor', 'higher_is_better', 'sweep']
 
-# %% ../nbs/08f_dense_sweep.ipynb #a5ab699f
+# %% ../nbs/08f_dense_sweep.ipynb #a4a03ba4
+def efficiency_factor(fractions, scores, target: float, higher: bool = True) -> dict:
+    "Factor 1/f* where `scores` (at `fractions`, log-interpolated) first reach `target`; status says if f* is measured."
+    f, y = np.asarray(fractions, float), np.asarray(scores, float)
+    o = np.argsort(f); f, y = f[o], y[o]
+    ok = (lambda v: v >= target) if higher else (lambda v: v <= target)
+    if ok(y[0]): return dict(factor=float(1 / f[0]), fraction=float(f[0]), status='at least')
+    for i in range(len(f) - 1):
+        if ok(y[i + 1]):
+            t = (target - y[i]) / (y[i + 1] - y[i])
+            fr = float(np.exp(np.log(f[i]) + t * (np.log(f[i + 1]) - np.log(f[i]))))
+            return dict(factor=1 / fr, fraction=fr, status='interpolated')
+    return dict(factor=None, fraction=None, status='not reached')
+
+# %% ../nbs/08f_dense_sweep.ipynb #b4c54120
 _HIGHER = {'mIoU': True, 'mAcc': True, 'aAcc': True, 'd1': True, 'd2': True, 'd3': True}
 
 def higher_is_better(metric: str) -> bool:
@@ -64,20 +78,6 @@ def sweep(backbones,                       # backbone names/checkpoints (list), 
                 rows.append(row)
     return _sweep_report(pd.DataFrame(rows), metric, out, list(bbs))
 
-# %% ../nbs/08f_dense_sweep.ipynb #141929a6
-def efficiency_factor(fractions, scores, target: float, higher: bool = True) -> dict:
-    "Factor 1/f* where `scores` (at `fractions`, log-interpolated) first reach `target`; status says if f* is measured."
-    f, y = np.asarray(fractions, float), np.asarray(scores, float)
-    o = np.argsort(f); f, y = f[o], y[o]
-    ok = (lambda v: v >= target) if higher else (lambda v: v <= target)
-    if ok(y[0]): return dict(factor=float(1 / f[0]), fraction=float(f[0]), status='at least')
-    for i in range(len(f) - 1):
-        if ok(y[i + 1]):
-            t = (target - y[i]) / (y[i + 1] - y[i])
-            fr = float(np.exp(np.log(f[i]) + t * (np.log(f[i + 1]) - np.log(f[i]))))
-            return dict(factor=1 / fr, fraction=fr, status='interpolated')
-    return dict(factor=None, fraction=None, status='not reached')
-
 # %% ../nbs/08f_dense_sweep.ipynb #3b85c112
 def _sweep_report(df, metric: str, out: Path, labels: list) -> dict:
     "Summary (mean/std/n per backbone and fraction), pairwise efficiency factors, a plot; written into `out`."
@@ -111,6 +111,8 @@ def _sweep_plot(summ, df, metric: str, path: Path) -> Path:
             ax.errorbar(g.fraction, g['mean'], yerr=g['std'].fillna(0), marker='o', capsize=3, label=b)
         if 'baseline' in df and df.baseline.notna().any():
             ax.axhline(df.baseline.mean(), color='grey', ls='--', lw=1, label='constant predictor')
-        ax.set_xscale('log'); ax.set_xlabel('fraction of labelled training data'); ax.set_ylabel(metric)
+        fr = sorted(summ.fraction.unique())
+        ax.set_xscale('log'); ax.set_xticks(fr); ax.set_xticklabels([f'{f:g}' for f in fr]); ax.minorticks_off()
+        ax.set_xlabel('fraction of labelled training data'); ax.set_ylabel(metric)
         ax.legend(fontsize=8); fig.tight_layout(); fig.savefig(path, dpi=70); plt.close(fig)
     return path
