@@ -45,7 +45,7 @@ def all_gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     "All ranks' `x` concatenated along dim 0 (equal sizes), gradients flowing back to their owners."
     return _AllGather.apply(x, group)
 
-# %% ../nbs/04d_loss.training.ipynb #de6788fb
+# %% ../nbs/04d_loss.training.ipynb #5d372db9
 def gather_features(image_features, text_features, local_loss=False, gather_with_grad=False, rank=0, world_size=1,
                     group=None):
     "All ranks' features, with open_clip's semantics for `local_loss` and `gather_with_grad`."
@@ -59,7 +59,7 @@ def gather_features(image_features, text_features, local_loss=False, gather_with
         gi[rank], gt[rank] = image_features, text_features
     return torch.cat(gi), torch.cat(gt)
 
-# %% ../nbs/04d_loss.training.ipynb #29844725
+# %% ../nbs/04d_loss.training.ipynb #fc0d4429
 def one_way_contrastive_loss(rows: torch.Tensor, cols: torch.Tensor, logit_scale, offset: int = 0,
                              impl: str = 'auto', chunk_size: int | None = None) -> torch.Tensor:
     "Mean cross-entropy of `logit_scale * rows @ cols.T` with the positive of row `i` at column `offset + i`."
@@ -71,7 +71,7 @@ def one_way_contrastive_loss(rows: torch.Tensor, cols: torch.Tensor, logit_scale
     lse, _ = pairwise_logsumexp(rows, cols, s, with_col=False, impl=impl, chunk_size=chunk_size)
     return (lse - _diag_logits(rows, cols[offset:offset + n], s)).mean()
 
-# %% ../nbs/04d_loss.training.ipynb #069bf7bc
+# %% ../nbs/04d_loss.training.ipynb #f73f536f
 def distributed_contrastive_loss(image_features, text_features, logit_scale, group=None,
                                  impl: str = 'auto', chunk_size: int | None = None) -> torch.Tensor:
     "This rank's share of the global CLIP loss (features gathered once, with gradient; rows = local pairs)."
@@ -82,7 +82,7 @@ def distributed_contrastive_loss(image_features, text_features, logit_scale, gro
     return (one_way_contrastive_loss(image_features, all_t, logit_scale, off, impl, chunk_size) +
             one_way_contrastive_loss(text_features, all_i, logit_scale, off, impl, chunk_size)) / 2
 
-# %% ../nbs/04d_loss.training.ipynb #fa63e2c2
+# %% ../nbs/04d_loss.training.ipynb #1376c33a
 class ClipLoss(nn.Module):
     "Drop-in for `open_clip.loss.ClipLoss`: same options, methods and results, memory linear in the batch size."
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
@@ -96,7 +96,7 @@ class ClipLoss(nn.Module):
         self.impl, self.chunk_size, self.group = impl, chunk_size, group
         self.prev_num_logits, self.labels = 0, {}
 
-# %% ../nbs/04d_loss.training.ipynb #1e7babcb
+# %% ../nbs/04d_loss.training.ipynb #4a2da559
 @patch
 def get_ground_truth(self: ClipLoss, device, num_logits) -> torch.Tensor:
     "Labels of the positives, `arange(num_logits)` (offset by rank with `local_loss`), cached if `cache_labels`."
@@ -107,7 +107,7 @@ def get_ground_truth(self: ClipLoss, device, num_logits) -> torch.Tensor:
         return labels
     return self.labels[device]
 
-# %% ../nbs/04d_loss.training.ipynb #0393c5c4
+# %% ../nbs/04d_loss.training.ipynb #5294523b
 @patch
 def get_logits(self: ClipLoss, image_features, text_features, logit_scale, logit_bias=None):
     "open_clip's `(logits_per_image, logits_per_text)`, materialised (for subclasses such as a distillation loss)."
@@ -123,7 +123,7 @@ def get_logits(self: ClipLoss, image_features, text_features, logit_scale, logit
     if logit_bias is not None: per_image, per_text = per_image + logit_bias, per_text + logit_bias
     return per_image, per_text
 
-# %% ../nbs/04d_loss.training.ipynb #a6d8d272
+# %% ../nbs/04d_loss.training.ipynb #651244b1
 def _row_scaled(x: torch.Tensor, logit_scale):
     "(x, logit_scale) for a scalar scale; (s_i x_i, 1) for a per-row scale of shape (N, 1) or (N,)."
     if not isinstance(logit_scale, torch.Tensor) or logit_scale.numel() == 1: return x, logit_scale
@@ -132,7 +132,7 @@ def _row_scaled(x: torch.Tensor, logit_scale):
                          "rows")
     return x * logit_scale.reshape(-1, 1).to(x.device), 1.
 
-# %% ../nbs/04d_loss.training.ipynb #28af6da2
+# %% ../nbs/04d_loss.training.ipynb #76deb3bd
 @patch
 def forward(self: ClipLoss, image_features, text_features, logit_scale, logit_bias=None, output_dict: bool = False):
     kw = dict(impl=self.impl, chunk_size=self.chunk_size)
@@ -155,7 +155,7 @@ def forward(self: ClipLoss, image_features, text_features, logit_scale, logit_bi
     if isinstance(logit_bias, torch.Tensor): loss = loss + 0 * logit_bias.sum()   # shift-invariant: zero gradient
     return {"contrastive_loss": loss} if output_dict else loss
 
-# %% ../nbs/04d_loss.training.ipynb #9cd5a393
+# %% ../nbs/04d_loss.training.ipynb #736636f1
 def multi_caption_loss(image_features: torch.Tensor, text_features: torch.Tensor | Sequence[torch.Tensor], logit_scale,
                        reduction: str = 'mean', weights: Sequence[float] | None = None,
                        impl: str = 'auto', chunk_size: int | None = None) -> torch.Tensor:
@@ -183,7 +183,7 @@ def multi_caption_loss(image_features: torch.Tensor, text_features: torch.Tensor
     pos = s.to(dt) * (image_features.to(dt)[:, None] * text_features.to(dt)).sum(-1)       # (N, K)
     return ((row - pos.mean(1)).mean() + (col - pos.reshape(-1)).mean()) / 2
 
-# %% ../nbs/04d_loss.training.ipynb #617e1e5d
+# %% ../nbs/04d_loss.training.ipynb #5ffa7d80
 class SigLipLoss(nn.Module):
     "Drop-in for `open_clip.loss.SigLipLoss` (same options and values); distributed: one all-gather of the texts."
     def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1, dist_impl: str | None = None,
@@ -204,7 +204,7 @@ class SigLipLoss(nn.Module):
         logits = logit_scale * image_features @ text_features.T
         return logits + logit_bias if logit_bias is not None else logits
 
-# %% ../nbs/04d_loss.training.ipynb #787f6614
+# %% ../nbs/04d_loss.training.ipynb #f7d8bca3
 @patch
 def forward(self: SigLipLoss, image_features, text_features, logit_scale, logit_bias=None, output_dict: bool = False):
     kw = dict(impl=self.impl, chunk_size=self.chunk_size)

@@ -42,7 +42,7 @@ def ptxas_path() -> Path | None:
     p = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'ptxas'
     return p if p.exists() else None
 
-# %% ../nbs/04c_loss.triton_build.ipynb #7e0f719d
+# %% ../nbs/04c_loss.triton_build.ipynb #7d49e55d
 _TYPES = {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'fp32'}
 
 def build_kernel(k: Kernel, dtype: torch.dtype, config: dict, capability: tuple[int, int], **consts) -> dict:
@@ -70,7 +70,7 @@ def build_kernel(k: Kernel, dtype: torch.dtype, config: dict, capability: tuple[
                 regs=num(r'Used (\d+) registers'), spill_stores=num(r'(\d+) bytes spill stores'),
                 spill_loads=num(r'(\d+) bytes spill loads'), seconds=round(time.perf_counter() - t0, 2))
 
-# %% ../nbs/04c_loss.triton_build.ipynb #d68f8ee3
+# %% ../nbs/04c_loss.triton_build.ipynb #f214ad44
 VARIANTS = [(lse2_fwd, 'fwd', dict(WITH_COL=True)), (lse2_fwd, 'fwd', dict(WITH_COL=False)),
             (lse2_bwd, 'bwd', dict(OWN=True, OTHER=True)), (lse2_bwd, 'bwd', dict(OWN=True, OTHER=False)),
             (lse2_bwd, 'bwd', dict(OWN=False, OTHER=True)), (softplus_fwd, 'fwd', {}), (softplus_bwd, 'bwd', {})]
@@ -81,7 +81,7 @@ def build_matrix(dtypes=(torch.bfloat16, torch.float16, torch.float32), capabili
     return [(k, dt, cfg, cc, consts) for k, kind, consts in VARIANTS for dt in dtypes for cc in capabilities
             for cfg in tile_configs(kind, dt, cc)[:1 if first_only else None]]
 
-# %% ../nbs/04c_loss.triton_build.ipynb #a0a62aaf
+# %% ../nbs/04c_loss.triton_build.ipynb #7834ffb3
 GPUS = {'H100': dict(tflops=989., tbps=3.35), 'A100': dict(tflops=312., tbps=2.0)}   # dense bf16 TFLOP/s, HBM TB/s
 
 def roofline(n: int = 65536, d: int = 768, bd: int = 512, bm: int = 64, bn: int = 64, elt: int = 2,
