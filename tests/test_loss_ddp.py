@@ -1,6 +1,6 @@
 """Two gloo processes on the CPU: clipq's distributed losses against open_clip's and against one process
 holding the whole batch (a notebook cannot host processes that must rendezvous)."""
-import math, os, socket, tempfile
+import importlib, math, os, socket, tempfile
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,7 @@ def _worker(rank, port, outdir):
     # the fused Triton kernels run on these CPU tensors through Triton's interpreter (chosen per launch: no
     # TRITON_INTERPRET needed, and triton may be imported before clipq's kernels)
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    import triton  # noqa: F401
+    importlib.import_module('triton')
     torch.set_num_threads(1)
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     import open_clip.loss as ocl
