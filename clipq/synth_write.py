@@ -111,7 +111,7 @@ def _n_workers(size: int, workers: int | None, n_tasks: int) -> int:
                          f"{_gib(total)} is available; use workers={fit} or fewer")
     return min(want, fit)
 
-# %% ../nbs/02c_synth.write.ipynb #bca79aa2
+# %% ../nbs/02c_synth.write.ipynb #797a3f31
 def _run_tasks(tasks: list, workers: int, bar) -> list:
     "Run `_write_shard` over `tasks` in `workers` processes (or this one); results in task order."
     from concurrent.futures.process import BrokenProcessPool
@@ -123,7 +123,10 @@ def _run_tasks(tasks: list, workers: int, bar) -> list:
         ex = ProcessPoolExecutor(workers, initializer=die_with_parent)
         try:
             for t, r in zip(tasks, ex.map(_write_shard, tasks)): results.append(r); bar.update(t['stop'] - t['start'])
-        finally: ex.shutdown(wait=True, cancel_futures=True)   # on Ctrl-C/SIGTERM, drop the shards not started
+        except BaseException:                   # Ctrl-C, SIGTERM, an error: stop the shards in progress at once
+            for p in list((getattr(ex, '_processes', None) or {}).values()): p.kill()
+            raise
+        finally: ex.shutdown(wait=True, cancel_futures=True)
     except (MemoryError, BrokenProcessPool) as e:
         size = tasks[0]['cfg']['size']
         raise MemoryError(f"out of memory writing {size}-px scenes with {workers} worker process(es) (about "
