@@ -65,7 +65,7 @@ def tile_update(acc, p, Y, cols, cmask, dd, dmask, sy, UPCAST: tl.constexpr):
     if UPCAST: return tl.dot(p, y.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(p.to(y.dtype), y, acc)
 
-# %% ../nbs/04b_loss.triton.ipynb #c9d07fb8
+# %% ../nbs/04b_loss.triton.ipynb #e3a24aa5
 @Kernel
 def lse2_fwd(A, B, SCALE, ROW, CMAX, CSUM, n, m, D, sa, sb,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WITH_COL: tl.constexpr, UPCAST: tl.constexpr):
@@ -98,7 +98,7 @@ def lse2_fwd(A, B, SCALE, ROW, CMAX, CSUM, n, m, D, sa, sb,
                 tl.store(CSUM + part + cols, cs, mask=cmask)
         tl.store(ROW + rows, m_i + tl.log(tl.where(rmask, l_i, 1.)), mask=rmask)
 
-# %% ../nbs/04b_loss.triton.ipynb #228a8c4b
+# %% ../nbs/04b_loss.triton.ipynb #cdf70d71
 @Kernel
 def lse2_bwd(X, Y, SCALE, LX, GX, LY, GY, GINV, DX, n, m, D, sx, sy,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
@@ -128,7 +128,7 @@ def lse2_bwd(X, Y, SCALE, LX, GX, LY, GY, GINV, DX, n, m, D, sx, sy,
         acc = tile_update(acc, p, Y, cols, cmask, dd, dmask, sy, UPCAST)
     tl.store(DX + rows[:, None] * D + dd[None, :], acc, mask=rmask[:, None] & dmask[None, :])
 
-# %% ../nbs/04b_loss.triton.ipynb #2faef153
+# %% ../nbs/04b_loss.triton.ipynb #0f981bb0
 @Kernel
 def softplus_fwd(A, B, SCALE, BIAS, ROWSUM, n, m, D, sa, sb,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr):
@@ -148,7 +148,7 @@ def softplus_fwd(A, B, SCALE, BIAS, ROWSUM, n, m, D, sa, sb,
             total += tl.sum(tl.where(rmask[:, None] & cmask[None, :], sp, 0.), 1)
         tl.store(ROWSUM + rows, total, mask=rmask)
 
-# %% ../nbs/04b_loss.triton.ipynb #b2c6d5cd
+# %% ../nbs/04b_loss.triton.ipynb #7756307f
 @Kernel
 def softplus_bwd(X, Y, SCALE, BIAS, G, DX, PSUM, n, m, D, sx, sy,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, UPCAST: tl.constexpr):
@@ -173,11 +173,11 @@ def softplus_bwd(X, Y, SCALE, BIAS, G, DX, PSUM, n, m, D, sx, sy,
     tl.store(DX + rows[:, None] * D + dd[None, :], acc, mask=rmask[:, None] & dmask[None, :])
     if dsl == 0: tl.store(PSUM + rows, psum, mask=rmask)
 
-# %% ../nbs/04b_loss.triton.ipynb #98dbfc58
+# %% ../nbs/04b_loss.triton.ipynb #7f0b3c87
 INTERPRETER_UPCAST = True     # False: fp16 tiles through the interpreter's dots too (a test of the GPU tile path)
 INTERPRETER_CONFIG = dict(fwd=dict(BM=32, BN=32, BK=32), bwd=dict(BM=32, BN=32, BK=32, BD=32))
 
-# %% ../nbs/04b_loss.triton.ipynb #83cace1d
+# %% ../nbs/04b_loss.triton.ipynb #1324bba6
 def interpreting(x: torch.Tensor) -> bool:
     "True when kernels on `x` run through Triton's interpreter: CPU tensors, or TRITON_INTERPRET=1 now."
     return not x.is_cuda or bool(triton.knobs.runtime.interpret)
@@ -192,7 +192,7 @@ def _tuned(k: Kernel, kind: str, dtype: torch.dtype, capability: tuple[int, int]
     keep = [n for n in ('CMAX', 'CSUM') if n in k.arg_names]
     return triton.autotune(cfgs, key=['n', 'm', 'D'], restore_value=keep)(k)
 
-# %% ../nbs/04b_loss.triton.ipynb #bf770e08
+# %% ../nbs/04b_loss.triton.ipynb #c6c5e7ec
 def launch(k: Kernel, kind: str, x: torch.Tensor, grid, *args, **consts):
     "Run `k(*args, **consts)` on `grid(config)` programs: interpreted on the CPU, compiled and autotuned on `x`'s GPU."
     if interpreting(x):
@@ -203,13 +203,13 @@ def launch(k: Kernel, kind: str, x: torch.Tensor, grid, *args, **consts):
         cap = torch.cuda.get_device_capability(x.device)
         return _tuned(k, kind, x.dtype, cap)[grid](*args, **consts, UPCAST=x.dtype == torch.float32)
 
-# %% ../nbs/04b_loss.triton.ipynb #8d7d290b
+# %% ../nbs/04b_loss.triton.ipynb #8b07f28e
 def max_programs(x: torch.Tensor, n: int) -> int:
     "Largest persistent grid for `n` rows on `x`'s device."
     if interpreting(x): return max(1, min(triton.cdiv(n, 32), 4))
     return max(1, min(triton.cdiv(n, 64), 4 * torch.cuda.get_device_properties(x.device).multi_processor_count))
 
-# %% ../nbs/04b_loss.triton.ipynb #fa6c2053
+# %% ../nbs/04b_loss.triton.ipynb #fa06a21f
 def grad_scale(*gs: torch.Tensor) -> torch.Tensor:
     "A power of two >= max |g| over `gs` (2 if all are 0 or not finite), as a 0-d fp32 tensor."
     gmax = torch.stack([g.detach().float().abs().amax() for g in gs]).amax()
@@ -217,7 +217,7 @@ def grad_scale(*gs: torch.Tensor) -> torch.Tensor:
     e = torch.frexp(torch.where(ok, gmax, torch.ones_like(gmax))).exponent.clamp(-126, 126)
     return torch.ldexp(torch.ones_like(gmax), e)
 
-# %% ../nbs/04b_loss.triton.ipynb #f5fee2c3
+# %% ../nbs/04b_loss.triton.ipynb #726aa6a9
 def _operands(a: torch.Tensor, b: torch.Tensor):
     "Same-dtype operands with unit column stride (fp32 when the dtypes differ)."
     if a.dtype != b.dtype: a, b = a.float(), b.float()
@@ -235,7 +235,7 @@ def lse2_forward(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, with_col
            a, b, s, row, cmax, csum, n, m, d, a.stride(0), b.stride(0), WITH_COL=with_col)
     return row, (torch.logsumexp(csum.log_().add_(cmax), dim=0) if with_col else None)
 
-# %% ../nbs/04b_loss.triton.ipynb #22e717be
+# %% ../nbs/04b_loss.triton.ipynb #47a82c4c
 def lse2_backward(a, b, scale, row, col, g_row, g_col, need_a: bool = True, need_b: bool = True):
     "`(G @ b, G.T @ a)` in fp32 (None where not needed) for G = g_row e^(S - row) + g_col e^(S - col); two passes."
     d = a.shape[1]
@@ -254,7 +254,7 @@ def lse2_backward(a, b, scale, row, col, g_row, g_col, need_a: bool = True, need
         out.append(dx.mul_(gsc))
     return tuple(out)
 
-# %% ../nbs/04b_loss.triton.ipynb #908e5542
+# %% ../nbs/04b_loss.triton.ipynb #83f01636
 class LSE2Fused(torch.autograd.Function):
     "Row (and column) log-sum-exp of `scale * a @ b.T` with the fused Triton kernels; differentiable in a, b, scale."
     @staticmethod
@@ -275,7 +275,7 @@ class LSE2Fused(torch.autograd.Function):
         gb = (db * s).to(ctx.dtypes[1]) if nb else None
         return ga, gb, ((a.float() * da).sum().to(scale.dtype) if ns else None), None
 
-# %% ../nbs/04b_loss.triton.ipynb #5cd03110
+# %% ../nbs/04b_loss.triton.ipynb #cbe2ffbf
 def softplus_forward(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     "Per-row sums (n,) of softplus(scale * a @ b.T + bias), fp32, by `softplus_fwd`."
     (n, d), m = a.shape, b.shape[0]
@@ -285,7 +285,7 @@ def softplus_forward(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias
            a.stride(0), b.stride(0))
     return rs
 
-# %% ../nbs/04b_loss.triton.ipynb #cbfc2c51
+# %% ../nbs/04b_loss.triton.ipynb #c68bdc6d
 def softplus_backward(a, b, scale, bias, g, need_a: bool = True, need_b: bool = True):
     "`(P @ b, P.T @ a, P.sum())` in fp32 (None where not needed) for P = g sigmoid(scale a @ b.T + bias); two passes."
     d = a.shape[1]
@@ -302,7 +302,7 @@ def softplus_backward(a, b, scale, bias, g, need_a: bool = True, need_b: bool = 
         out += [dx.mul_(gsc), ps.sum() * gsc]
     return out[0], out[2], (out[1] if need_a else out[3])
 
-# %% ../nbs/04b_loss.triton.ipynb #a046bf81
+# %% ../nbs/04b_loss.triton.ipynb #c3bb0ffb
 class SoftplusSumFused(torch.autograd.Function):
     "sum_ij softplus(scale * a_i . b_j + bias) with the fused kernels; differentiable in a, b, scale, bias."
     @staticmethod
