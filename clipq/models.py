@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 from timm.models.vision_transformer import VisionTransformer
 
-from .core import count_params, default_device
+from .core import default_device
 
 # %% auto #0
 __all__ = ['CLIP_MODELS', 'clipq_tiny_mci', 'clipq_tiny_vit', 'register_models', 'read_state_dict', 'PretrainedUnavailableError',
