@@ -11,18 +11,28 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from .core import atomic_write, default_device, get_logger, seed_everything
-from .callbacks import Checkpoint, CSVLog, list_checkpoints
+from .core import atomic_write, default_device, seed_everything
+from .callbacks import Checkpoint, list_checkpoints
+try: from clipq.train_log import CSVLog          # the trainer's CSV log (moving from clipq.callbacks to clipq.train_log)
+except ImportError: from clipq.callbacks import CSVLog
 from .dense_metrics import *
 from .dense_data import *
 from .dense_augment import *
 from .dense_train import *
-from .dense_data import _h5py
+from .dense_metrics import DEPTH_KEYS, SegMetric, DepthMetric, seg_metrics, depth_metrics
+from .dense_data import _h5py, load_item, check_items
+from .dense_augment import CLIP_MEAN, CLIP_STD, DenseDataset, data_info, dense_dls, eval_transform, list_items
+from .dense_train import CKPT_SUFFIXES, dense_model, depth_learner, predict, seg_learner
 from .dense_sweep import *
 from .dense_sweep import _slug
 
+_all_ = ['seg_metrics', 'SegMetric', 'depth_metrics', 'DepthMetric', 'dense_dls', 'dense_model', 'seg_learner',
+         'depth_learner', 'predict', 'slide_inference', 'sweep', 'efficiency_factor']   # the front door re-exports these
+
 # %% auto #0
-__all__ = ['save_dense', 'load_dense', 'constant_baseline', 'DenseResult', 'evaluate', 'summary_line', 'finetune']
+__all__ = ['save_dense', 'load_dense', 'constant_baseline', 'DenseResult', 'evaluate', 'summary_line', 'finetune', 'seg_metrics',
+           'SegMetric', 'depth_metrics', 'DepthMetric', 'dense_dls', 'dense_model', 'seg_learner', 'depth_learner',
+           'predict', 'slide_inference', 'sweep', 'efficiency_factor']
 
 # %% ../nbs/08e_dense.ipynb #932a92e3
 def save_dense(model, path, meta: dict | None = None) -> Path:
@@ -93,11 +103,13 @@ def _picture(rows: list, task: str, path: Path, mean, std):
         for r, (img, gt, pr) in enumerate(rows):
             im = (img * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
             axs[r, 0].imshow(im.permute(1, 2, 0).numpy())
+            if task == 'seg': pr = np.where(gt == 255, 255, pr)           # ignored pixels are not scored: not shown
             for a, t in zip(axs[r, 1:], (gt, pr)):
                 if task == 'seg': a.imshow(np.ma.masked_equal(t, 255), cmap='tab20', vmin=0, vmax=19, interpolation='nearest')
                 else: a.imshow(np.where(t > 0, t, np.nan), cmap='magma_r', vmin=0, vmax=10, interpolation='nearest')
             for a in axs[r]: a.axis('off')
-        for a, t in zip(axs[0], ('image', 'ground truth', 'prediction')): a.set_title(t, fontsize=9)
+        titles = ('image', 'ground truth', 'prediction' + (' (scored pixels)' if task == 'seg' else ''))
+        for a, t in zip(axs[0], titles): a.set_title(t, fontsize=9)
         fig.tight_layout(); fig.savefig(path, dpi=70); plt.close(fig)
 
 # %% ../nbs/08e_dense.ipynb #cd18d398
@@ -199,7 +211,7 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
              bs: int | None = None,            # batch size (default: the protocol's)
              lr: float | None = None,          # peak learning rate (default: the protocol's)
              wd: float = 0.01,                 # AdamW weight decay (none on norms, biases, position embeddings)
-             layer_decay: float | None = None, # layer-wise lr decay (default 0.65 for ViTs, 1.0 for hierarchical backbones)
+             layer_decay: float | None = None, # layer-wise lr decay (default 0.65 for pretrained ViTs, else 1.0)
              warmup: int | None = None,        # linear warm-up iterations (default 1500/160k of the run)
              schedule: str = 'poly',           # lr decay after warm-up: 'poly' (mmseg) or 'cos'
              freeze_backbone: bool = False,    # linear-probe mode: train the head only
@@ -212,7 +224,7 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
              overwrite: bool = False,          # redo a finished run in `out`
              quiet: bool = False,              # no progress bar or summary line
              ) -> dict:
-    "Fine-tune a backbone with a dense head on segmentation or depth, then evaluate it; returns the final metrics."
+    "Fine-tune a backbone with a dense head on segmentation or depth, then evaluate it (metrics.json, predictions.png in `out`)."
     config = {k: v for k, v in locals().items()}
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     p = data_info(data, task, protocol)
@@ -222,6 +234,7 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     seed_everything(seed)
     model = dense_model(task, backbone, p.get('num_classes'), head, head_channels, freeze_backbone=freeze_backbone,
                         arch=arch, max_depth=p.get('max_depth', 10.0))
+    if layer_decay is None and not Path(str(backbone)).suffix in CKPT_SUFFIXES: layer_decay = 1.0   # random init: nothing to keep
     mean, std = _mean_std(model)
     bs = bs or p.get('bs', 8)
     dls = dense_dls(data, task, protocol, bs, fraction, seed, num_workers, mean=mean, std=std, device=default_device(device))

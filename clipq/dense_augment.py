@@ -199,7 +199,6 @@ def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto',
     bs = bs or p.get('bs', 8)
     val_bs = val_bs or (1 if p.get('eval_scale') else bs)      # images evaluated at their own sizes: one per batch
     tds, vds = DenseDataset(train, task, tt, **kw), DenseDataset(valid, task, eval_transform(p.get('eval_scale'), mean, std), **kw)
-    g = torch.Generator().manual_seed(seed)
     dls = DataLoaders(DataLoader(tds, bs=min(bs, len(tds)), shuffle=True, drop_last=len(tds) >= bs, num_workers=num_workers,
                                  seed=seed),
                       DataLoader(vds, bs=val_bs, shuffle=False, num_workers=num_workers), device=device)

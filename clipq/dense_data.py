@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_dense_data.ipynb #9da3f675
 from __future__ import annotations
-import colorsys, json, math, os
+import colorsys, json, os
 from pathlib import Path
 from typing import Sequence
 

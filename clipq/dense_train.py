@@ -8,7 +8,6 @@ import json, math, os
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +16,6 @@ from fastai.callback.progress import ProgressCallback  # also gives Learner.no_b
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 
-from .core import get_logger, atomic_write
 from .models import create_backbone, load_backbone_weights, read_state_dict, ViTBackbone
 from .heads import create_head, DenseModel, param_groups_lrd, resize
 from .dense_metrics import SegMetric, DepthMetric
