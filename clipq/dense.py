@@ -237,6 +237,9 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     if layer_decay is None and not Path(str(backbone)).suffix in CKPT_SUFFIXES: layer_decay = 1.0   # random init: nothing to keep
     mean, std = _mean_std(model)
     bs = bs or p.get('bs', 8)
+    if task == 'seg' and model.dense_config['head'] == 'upernet' and bs < 2:
+        raise ValueError("UperNet trains with batch size >= 2 (its pooling module normalises 1x1 maps with "
+                         "BatchNorm); use bs=2 (--bs 2) or more")
     dls = dense_dls(data, task, protocol, bs, fraction, seed, num_workers, mean=mean, std=std, device=default_device(device))
     n_train = dls.n_train
     if iters is None: iters = epochs * math.ceil(n_train / bs) if epochs else p.get('iters') or p.get('epochs', 25) * math.ceil(n_train / bs)
