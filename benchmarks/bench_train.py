@@ -1,8 +1,11 @@
 """Training throughput: `clipq train` (clipq.train.train_clip) vs open_clip's `open_clip_train.main`, side by side.
 
-Both train the same model from random init on the same webdataset shards (a `clipq synth` world written once: JPEG image
-+ `.txt` alt-text per sample, which both read), with the same global batch, precision, optimiser (AdamW, lr, warm-up),
-data workers and number of steps, one after the other in fresh processes. The figure is samples/s per step as each
+Both train the same model from random init with the same global batch, precision, optimiser (AdamW, lr, warm-up), data
+workers and number of steps, one after the other in fresh processes. open_clip_train reads its `--dataset-type synthetic`
+data (one blank PIL image and caption, preprocessed and tokenised per sample: no decoding); clipq reads a `clipq synth`
+world's webdataset shards (JPEG decode + preprocess + tokenise per sample), so clipq's data work is the larger one.
+(open_clip_train's own webdataset reader fails with the installed webdataset, `KeyError: 'fname'` in
+`group_by_keys_nothrow`, so the two cannot read the same shards here.) The figure is samples/s per step as each
 trainer measures it itself (wall time from the end of one step to the end of the next, data loading included:
 open_clip's `samples_per_second`, clipq's `samples_per_s` in log.csv), median over the steps after the first `--skip`.
 
@@ -39,11 +42,10 @@ def _world(folder: Path, n: int, size: int) -> Path:
     return w
 
 
-def run_openclip(shards: list, model: str, batch: int, steps: int, precision: str, workers: int, lr: float,
+def run_openclip(model: str, batch: int, steps: int, precision: str, workers: int, lr: float,
                  device: str, logs: Path) -> list:
     "Per-step samples/s reported by open_clip_train (log every step)."
-    spec = '::'.join(shards)
-    argv = ['--train-data', spec, '--dataset-type', 'webdataset', '--train-num-samples', str(batch * steps),
+    argv = ['--dataset-type', 'synthetic', '--train-num-samples', str(batch * steps),
             '--model', model, '--batch-size', str(batch), '--epochs', '1', '--lr', str(lr), '--warmup', '1',
             '--wd', '0.2', '--precision', precision, '--workers', str(workers), '--device', device,
             '--save-frequency', '0', '--val-frequency', '0', '--zeroshot-frequency', '0', '--log-every-n-steps', '1',
@@ -88,8 +90,7 @@ def main():
     for cfg in a.configs:
         model, batch = cfg.split(':'); batch = int(batch)
         w = _world(tmp, n=batch * a.steps + batch, size=a.size)
-        shards = sorted(str(p) for p in (w/'train').glob('*.tar'))
-        oc = run_openclip(shards, model, batch, a.steps, a.precision, a.workers, a.lr, a.device, tmp/'oc-logs')
+        oc = run_openclip(model, batch, a.steps, a.precision, a.workers, a.lr, a.device, tmp/'oc-logs')
         cq = run_clipq(w, model, batch, a.steps, cq_prec, a.workers, a.lr, a.device, tmp/f'cq-{model}')
         m_oc, m_cq = statistics.median(oc[a.skip:] or oc), statistics.median(cq[a.skip:] or cq)
         print(f'| {model} | {batch} | {m_oc:.1f} | {m_cq:.1f} | {m_cq / m_oc:.2f}× |', flush=True)

@@ -27,7 +27,7 @@ def _data():
 
 
 def _train(batches, accum: int) -> dict:
-    from fastai.callback.progress import ProgressCallback  # noqa: F401  (Learner.no_bar)
+    import fastai.callback.progress  # noqa: F401  (patches Learner.no_bar)
     from clipq.test_utils import tiny_clip
     from fastai.optimizer import SGD
     from clipq.train import clip_learner

@@ -1,6 +1,5 @@
 "A training process killed with SIGKILL and resumed with `--resume latest` continues exactly as the uninterrupted run."
-import os, signal, subprocess, sys, textwrap
-from pathlib import Path
+import signal, subprocess, sys, textwrap
 
 import pytest
 
