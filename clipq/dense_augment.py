@@ -177,7 +177,10 @@ def list_items(data: str | os.PathLike, task: str, split: str, splits: str | os.
     data = Path(data).expanduser()
     if not data.exists(): raise FileNotFoundError(f"data {data} does not exist")
     if task == 'seg': return ade_items(data, split)
-    if data.suffix == '.mat': return nyu_mat_items(data, None if splits is None else split, splits)
+    if data.suffix == '.mat':                                    # the official 795/654 split lives in splits.mat
+        splits = splits or (data.parent / 'splits.mat' if (data.parent / 'splits.mat').is_file() else None)
+        if splits is None: raise FileNotFoundError(f"{data}: put the official splits.mat next to it (or pass splits=)")
+        return nyu_mat_items(data, split, splits)
     return nyu_items(data, 'train' if split in ('train', 'training') else 'test')
 
 # %% ../nbs/08c_dense_augment.ipynb #8279d6d9
