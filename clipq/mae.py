@@ -26,8 +26,7 @@ from functools import partial
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .core import atomic_write, get_logger, item_rng, seed_everything
-try: from clipq.backbones import DenseBackbone, ViTBackbone, create_backbone     # models split into models + backbones
-except ImportError: from clipq.models import DenseBackbone, ViTBackbone, create_backbone
+from .backbones import DenseBackbone, ViTBackbone, create_backbone
 
 # %% auto #0
 __all__ = ['patchify', 'unpatchify', 'random_masking', 'encode_visible', 'MAEDecoder', 'mae_target', 'mae_loss', 'MAE',
@@ -363,8 +362,7 @@ def _pretrain(method: str, make_model, loss_func, data, out, backbone: str, imag
               overwrite: bool, progress: bool, labels: bool = False, metrics=None, **extra) -> Path:
     "The driver of `pretrain_mae`/`pretrain_supervised`: load data, build, train (resumable), save the encoder."
     from clipq.callbacks import Checkpoint, NaNGuard
-    try: from clipq.train_log import CSVLog, StepProgress                       # callbacks split into callbacks + train_log
-    except ImportError: from clipq.callbacks import CSVLog, StepProgress
+    from clipq.train_log import CSVLog, StepProgress
     out = Path(out).expanduser()
     config = dict(method=method, data=str(data), backbone=backbone, images_seen=images_seen, batch_size=batch_size,
                   lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed, **extra)
