@@ -84,7 +84,8 @@ class DenseResult(dict):
 
 def _jsonable(o):
     if isinstance(o, dict): return {k: _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple, np.ndarray)): return [_jsonable(v) for v in (o.tolist() if isinstance(o, np.ndarray) else o)]
+    if isinstance(o, np.ndarray): o = o.tolist()
+    if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
     if isinstance(o, (float, np.floating)): return None if not math.isfinite(float(o)) else float(o)
     if isinstance(o, np.integer): return int(o)
     if isinstance(o, Path): return str(o)
@@ -114,7 +115,7 @@ def _picture(rows: list, task: str, path: Path, mean, std):
 
 # %% ../nbs/08e_dense.ipynb #cd18d398
 def evaluate(checkpoint: str,              # a fine-tuned model: `model.pt` written by `clipq finetune`, or its run folder
-             data: str,                    # data folder: a `clipq synth` world, ADE20k or NYUv2 (BTS) folder, or the labelled .mat
+             data: str,                    # a `clipq synth` world, ADE20k or NYUv2 (BTS) folder, or the labelled .mat
              split: str = 'val',           # 'val' (ADE20k validation / NYUv2 official test) or 'train'
              mode: str = 'auto',           # inference: 'whole', 'slide', or 'auto' (the protocol's: slide for ADE20k)
              flip: bool = False,           # flip test-time augmentation
@@ -185,13 +186,16 @@ def _check_out(out: Path, config: dict, overwrite: bool) -> bool:
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"output {out} exists and is not a folder")
     if out.exists() and overwrite: shutil.rmtree(out)
     if not out.exists(): return False
-    if (out / 'metrics.json').exists(): raise FileExistsError(f"{out} holds a finished run (metrics.json); pass overwrite=True (--overwrite) to redo it")
+    if (out / 'metrics.json').exists():
+        raise FileExistsError(f"{out} holds a finished run (metrics.json); pass overwrite=True (--overwrite) to redo it")
     if not (out / 'config.json').exists():
-        if any(out.iterdir()): raise FileExistsError(f"output folder {out} is not empty and holds no clipq run; choose another or pass overwrite")
+        if any(out.iterdir()):
+            raise FileExistsError(f"output folder {out} is not empty and holds no clipq run; choose another or pass overwrite")
         return False
     old = json.loads((out / 'config.json').read_text())
     diff = [k for k in config if k not in _NO_RESUME_KEYS and old.get(k) != _jsonable(config[k])]
-    if diff: raise ValueError(f"{out} holds an unfinished run with other settings ({', '.join(diff)}); pass overwrite=True to start over")
+    if diff:
+        raise ValueError(f"{out} holds an unfinished run with other settings ({', '.join(diff)}); pass overwrite=True to start over")
     return bool(list_checkpoints(out / 'checkpoints'))
 
 _NO_RESUME_KEYS = ('out', 'device', 'num_workers', 'quiet', 'overwrite', 'checkpoint_every')
@@ -199,14 +203,14 @@ _NO_RESUME_KEYS = ('out', 'device', 'num_workers', 'quiet', 'overwrite', 'checkp
 # %% ../nbs/08e_dense.ipynb #48b31f0e
 def finetune(task: str,                        # 'seg' (ADE20k-style segmentation) or 'depth' (NYUv2-style metric depth)
              data: str,                        # a `clipq synth` world, an ADE20k or NYUv2 (BTS) folder, or the labelled .mat
-             backbone: str = 'clipq-tiny-vit', # backbone name (open_clip/timm/clipq, random init) or checkpoint file (CLIP, MAE, supervised)
+             backbone: str = 'clipq-tiny-vit', # name (open_clip/timm/clipq, random init) or checkpoint (CLIP, MAE, supervised)
              out: str | None = None,           # run folder (default runs/<task>-<backbone>-f<fraction>-s<seed>)
-             fraction: float = 1.0,            # fraction of the labelled training set, in (0, 1]; nested across fractions for a seed
+             fraction: float = 1.0,            # fraction of the labelled training set, in (0, 1]; nested for a seed
              seed: int = 0,                    # seed of the subset, the initialisation of the head and the data order
-             arch: str | None = None,          # architecture of a checkpoint `backbone` that does not record it, e.g. 'ViT-B-16'
+             arch: str | None = None,          # architecture of a checkpoint that does not record it, e.g. 'ViT-B-16'
              head: str | None = None,          # 'upernet' (default), 'fpn' or 'linear' for seg; 'depth' for depth
              head_channels: int | None = None, # head width (default: mmseg's, 64 for tiny backbones)
-             iters: int | None = None,         # training iterations (default: the protocol's; 160k for ADE20k, 300 for synthetic)
+             iters: int | None = None,         # training iterations (default: the protocol's; 160k ADE20k, 300 synthetic)
              epochs: int | None = None,        # or a number of epochs over the (subset of the) training set
              bs: int | None = None,            # batch size (default: the protocol's)
              lr: float | None = None,          # peak learning rate (default: the protocol's)
@@ -218,13 +222,13 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
              evals: int = 5,                   # validation passes during training (logged to eval.csv)
              flip: bool = False,               # flip test-time augmentation in the final evaluation
              protocol: str = 'auto',           # 'auto' (synthetic world or the real data set's), 'ade20k', 'nyu'
-             checkpoint_every: int | None = None, # also checkpoint every N iterations (always at the end of each evaluation epoch)
+             checkpoint_every: int | None = None, # also checkpoint every N iterations (always after each evaluation)
              num_workers: int = 0,             # data loading processes
              device: str | None = None,        # torch device (default: cuda > mps > cpu)
              overwrite: bool = False,          # redo a finished run in `out`
              quiet: bool = False,              # no progress bar or summary line
              ) -> dict:
-    "Fine-tune a backbone with a dense head on segmentation or depth, then evaluate it (metrics.json, predictions.png in `out`)."
+    "Fine-tune a backbone with a dense head for segmentation or depth, then evaluate it (metrics.json in `out`)."
     config = {k: v for k, v in locals().items()}
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     p = data_info(data, task, protocol)
@@ -234,7 +238,7 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     seed_everything(seed)
     model = dense_model(task, backbone, p.get('num_classes'), head, head_channels, freeze_backbone=freeze_backbone,
                         arch=arch, max_depth=p.get('max_depth', 10.0))
-    if layer_decay is None and not Path(str(backbone)).suffix in CKPT_SUFFIXES: layer_decay = 1.0   # random init: nothing to keep
+    if layer_decay is None and Path(str(backbone)).suffix not in CKPT_SUFFIXES: layer_decay = 1.0  # random init: nothing to keep
     mean, std = _mean_std(model)
     bs = bs or p.get('bs', 8)
     if task == 'seg' and model.dense_config['head'] == 'upernet' and bs < 2:
@@ -242,15 +246,17 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
                          "BatchNorm); use bs=2 (--bs 2) or more")
     dls = dense_dls(data, task, protocol, bs, fraction, seed, num_workers, mean=mean, std=std, device=default_device(device))
     n_train = dls.n_train
-    if iters is None: iters = epochs * math.ceil(n_train / bs) if epochs else p.get('iters') or p.get('epochs', 25) * math.ceil(n_train / bs)
+    if iters is None: iters = (epochs * math.ceil(n_train / bs) if epochs else
+                               p.get('iters') or p.get('epochs', 25) * math.ceil(n_train / bs))
     per_epoch = math.ceil(iters / max(1, evals))
     dls = dense_dls(data, task, protocol, bs, fraction, seed, num_workers, mean=mean, std=std, check=False,
                     device=default_device(device), epoch_len=per_epoch * bs)
     out.mkdir(parents=True, exist_ok=True)
     if not resume: _write_json(out / 'config.json', config)
     meta = dict(mean=mean, std=std, backbone=str(backbone), model=model.dense_config['arch'], task=task)
-    cbs = [CSVLog(out), _EvalLog(), Checkpoint(out / 'checkpoints', every=checkpoint_every, resume='latest' if resume else None,
-                                               keep=1, weights=None, meta=meta)]
+    ck = Checkpoint(out / 'checkpoints', every=checkpoint_every, resume='latest' if resume else None, keep=1, weights=None,
+                    meta=meta)
+    cbs = [CSVLog(out), _EvalLog(), ck]
     lkw = dict(lr=lr or p.get('lr', 1e-4), wd=wd, layer_decay=layer_decay, iters=len(dls.train) * evals, warmup=warmup,
                schedule=schedule, cbs=cbs, path=out)
     learn = (seg_learner(model, dls, **lkw) if task == 'seg' else

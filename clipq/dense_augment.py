@@ -78,7 +78,8 @@ class CatMaxCrop(v2.Transform):
 # %% ../nbs/08c_dense_augment.ipynb #4ab63548
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
-def _finish(mean, std): return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(mean, std)]
+def _finish(mean, std):
+    return [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(mean, std)]
 
 def seg_train_transform(crop=(512, 512), scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
                         flip: float = 0.5, photometric: bool = True, ignore_index: int = 255,
@@ -92,7 +93,8 @@ def depth_train_transform(crop=(416, 544), rotate: float = 2.5, flip: float = 0.
                           mean=CLIP_MEAN, std=CLIP_STD) -> v2.Compose:
     "BTS's NYUv2 training augmentation as v2: rotation, random crop, flip, colour jitter (depth as a nearest-sampled Mask)."
     t = [v2.RandomRotation(rotate, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0})] if rotate else []
-    t += [v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}), v2.RandomHorizontalFlip(flip)]
+    t += [v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}),
+          v2.RandomHorizontalFlip(flip)]
     if photometric: t.append(v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1))
     return v2.Compose(t + _finish(mean, std))
 
@@ -163,7 +165,8 @@ def data_info(data: str | os.PathLike, task: str, protocol: str | dict = 'auto')
     if task not in ('seg', 'depth'): raise ValueError(f"task must be 'seg' or 'depth', got {task!r}")
     meta = synth_meta(data)
     if isinstance(protocol, dict): p = dict(protocol)
-    elif protocol == 'auto': p = synth_protocol(task, meta['config']['size']) if meta else dict(PROTOCOLS['ade20k' if task == 'seg' else 'nyu'])
+    elif protocol == 'auto':
+        p = synth_protocol(task, meta['config']['size']) if meta else dict(PROTOCOLS['ade20k' if task == 'seg' else 'nyu'])
     elif protocol in PROTOCOLS: p = dict(PROTOCOLS[protocol])
     else: raise ValueError(f"unknown protocol {protocol!r}; use 'auto', {sorted(PROTOCOLS)} or a dict")
     if p['task'] != task: raise ValueError(f"protocol {protocol!r} is for task {p['task']!r}, not {task!r}")
@@ -201,7 +204,8 @@ def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto',
     else: tt = depth_train_transform(p['crop'], p['rotate'], mean=mean, std=std)
     bs = bs or p.get('bs', 8)
     val_bs = val_bs or (1 if p.get('eval_scale') else bs)      # images evaluated at their own sizes: one per batch
-    tds, vds = DenseDataset(train, task, tt, **kw), DenseDataset(valid, task, eval_transform(p.get('eval_scale'), mean, std), **kw)
+    tds = DenseDataset(train, task, tt, **kw)
+    vds = DenseDataset(valid, task, eval_transform(p.get('eval_scale'), mean, std), **kw)
     dls = DataLoaders(DataLoader(tds, bs=min(bs, len(tds)), shuffle=True, drop_last=len(tds) >= bs, num_workers=num_workers,
                                  seed=seed),
                       DataLoader(vds, bs=val_bs, shuffle=False, num_workers=num_workers), device=device)

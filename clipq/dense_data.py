@@ -41,7 +41,7 @@ def make_palette(n: int) -> np.ndarray:
 
 # %% ../nbs/08b_dense_data.ipynb #f6a1569b
 def synth_meta(path: str | os.PathLike) -> dict | None:
-    "The `meta.json` of a `clipq synth` world that `path` (the world, its ADE/NYU folder, or a file in it) belongs to, else None."
+    "The `meta.json` of the `clipq synth` world that `path` (the world, its ADE/NYU folder, a file) belongs to, or None."
     p = Path(path).expanduser()
     for d in [p, *p.parents][:4]:
         f = d / 'meta.json'
@@ -78,13 +78,15 @@ def ade_items(data: str | os.PathLike, split: str = 'training') -> list[dict]:
 def _nyu_root(data: Path) -> Path:
     for r in (data / 'nyu', data):
         if (r / 'nyu_train.txt').is_file() or (r / 'nyu_test.txt').is_file(): return r
-    raise FileNotFoundError(f"{data} is not a NYUv2 BTS folder: expected nyu_train.txt / nyu_test.txt in it (or in {data / 'nyu'})")
+    raise FileNotFoundError(f"{data} is not a NYUv2 BTS folder: expected nyu_train.txt / nyu_test.txt in it "
+                            f"(or in {data / 'nyu'})")
 
 def nyu_items(data: str | os.PathLike, split: str = 'train') -> list[dict]:
     "RGB/depth pairs of the BTS NYUv2 layout under `data` for `split` ('train' → sync/, 'test'|'val' → official_splits/test/)."
     root = _nyu_root(Path(data).expanduser())
     train = split in ('train', 'training')
-    lst, base = (root / 'nyu_train.txt', root / 'sync') if train else (root / 'nyu_test.txt', root / 'official_splits' / 'test')
+    lst, base = ((root / 'nyu_train.txt', root / 'sync') if train else
+                 (root / 'nyu_test.txt', root / 'official_splits' / 'test'))
     if not lst.is_file(): raise FileNotFoundError(f"file list {lst} is missing")
     items = []
     for n, line in enumerate(lst.read_text().splitlines(), 1):
@@ -110,10 +112,12 @@ def nyu_mat_items(path: str | os.PathLike, split: str | None = None, splits: str
     path = Path(path).expanduser()
     if not path.is_file(): raise FileNotFoundError(f"NYUv2 .mat file {path} does not exist")
     try: f = _h5py().File(path, 'r')
-    except OSError as e: raise ValueError(f"{path} is not an HDF5 (MATLAB v7.3) file ({e}): not nyu_depth_v2_labeled.mat?") from None
+    except OSError as e:
+        raise ValueError(f"{path} is not an HDF5 (MATLAB v7.3) file ({e}): not nyu_depth_v2_labeled.mat?") from None
     with f:
         for k in ('images', depth_key):
-            if k not in f: raise ValueError(f"{path} has no {k!r} array (keys: {sorted(f.keys())}): not nyu_depth_v2_labeled.mat?")
+            if k not in f:
+                raise ValueError(f"{path} has no {k!r} array (keys: {sorted(f.keys())}): not nyu_depth_v2_labeled.mat?")
         n = f['images'].shape[0]
         if f[depth_key].shape[0] != n: raise ValueError(f"{path}: {n} images but {f[depth_key].shape[0]} depth maps")
     idx = range(n)
@@ -145,7 +149,8 @@ def reduce_labels(m: np.ndarray, reduce_zero_label: bool, num_classes: int | Non
     if num_classes is not None:
         bad = (m != ignore_index) & ((m < 0) | (m >= num_classes))
         if bad.any():
-            raise ValueError(f"{where}: label values {sorted(set(np.unique(m[bad]).tolist()))[:6]} outside 0..{num_classes - 1} "
+            vals = sorted(set(np.unique(m[bad]).tolist()))[:6]
+            raise ValueError(f"{where}: label values {vals} outside 0..{num_classes - 1} "
                              f"(after reduce_zero_label={reduce_zero_label}) and not the ignore index {ignore_index}")
     return m
 
@@ -179,8 +184,10 @@ def check_items(items: Sequence[dict], task: str, num_classes: int | None = None
         if 'mat' in it: continue                       # one array per key: shapes checked when listing
         with Image.open(it['image']) as a, Image.open(it['target']) as b:
             if a.size != b.size:
-                raise ValueError(f"{it['target']}: target is {b.size[0]}x{b.size[1]} but image {it['image']} is {a.size[0]}x{a.size[1]}")
+                raise ValueError(f"{it['target']}: target is {b.size[0]}x{b.size[1]} but image {it['image']} is "
+                                 f"{a.size[0]}x{a.size[1]}")
             if task == 'depth' and b.mode in ('L', 'P', 'RGB', 'RGBA', '1'):
-                raise ValueError(f"depth PNG {it['target']} is {b.mode!r} (8-bit); NYUv2 depth must be a 16-bit PNG in millimetres")
+                raise ValueError(f"depth PNG {it['target']} is {b.mode!r} (8-bit); NYUv2 depth must be a 16-bit PNG "
+                                 "in millimetres")
             if full and task == 'seg': reduce_labels(np.asarray(b), reduce_zero_label, num_classes, ignore_index, it['target'])
     return len(items)

@@ -28,7 +28,8 @@ def _hist(x: torch.Tensor, n: int) -> torch.Tensor:
 def intersect_and_union(pred, label, num_classes: int, ignore_index: int = 255) -> tuple[torch.Tensor, ...]:
     "Per-class (intersection, union, predicted area, label area) of one image, as mmseg's `IoUMetric.intersect_and_union`."
     pred, label = _long(pred), _long(label).to(_long(pred).device)
-    if pred.shape != label.shape: raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(label.shape)} differ in shape")
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(label.shape)} differ in shape")
     keep = label != ignore_index
     pred, label = pred[keep], label[keep]
     inter, area_pred, area_label = _hist(pred[pred == label], num_classes), _hist(pred, num_classes), _hist(label, num_classes)
@@ -45,7 +46,7 @@ def total_area_to_metrics(inter, union, area_pred, area_label) -> dict:
 
 # %% ../nbs/08a_dense_metrics.ipynb #c272492d
 def seg_metrics(preds: Sequence, gts: Sequence, num_classes: int, ignore_index: int = 255) -> dict:
-    "mIoU/mAcc/aAcc and per-class IoU/Acc of label maps `preds` vs `gts` (sequences of HxW arrays/tensors), mmseg `IoUMetric` semantics."
+    "mIoU/mAcc/aAcc and per-class IoU/Acc of label maps `preds` vs `gts` (sequences of HxW maps), as mmseg's `IoUMetric`."
     preds, gts = list(preds), list(gts)
     if len(preds) != len(gts): raise ValueError(f"{len(preds)} predictions for {len(gts)} ground-truth maps")
     tot = [torch.zeros(num_classes, dtype=torch.int64) for _ in range(4)]
@@ -57,7 +58,7 @@ def seg_metrics(preds: Sequence, gts: Sequence, num_classes: int, ignore_index: 
 
 # %% ../nbs/08a_dense_metrics.ipynb #7a5043a4
 class SegMetric(Metric):
-    "Accumulating mmseg-style segmentation metric (`update` per batch, `compute` at the end); a fastai `Metric` reporting `key`."
+    "Accumulating mmseg-style segmentation metric (`update` per batch, `compute` at the end); a fastai `Metric` (`key`)."
     def __init__(self, num_classes: int, ignore_index: int = 255, key: str = 'mIoU'):
         self.num_classes, self.ignore_index, self.key = num_classes, ignore_index, key
         self.reset()
@@ -66,7 +67,8 @@ class SegMetric(Metric):
 
     def update(self, preds, gts):
         "Add a batch: `preds` logits (B, C, H, W) or labels (B, H, W) (or a list of HxW maps), `gts` labels."
-        if isinstance(preds, (tuple, list)) and len(preds) and isinstance(preds[0], torch.Tensor) and preds[0].ndim == 4: preds = preds[0]
+        if isinstance(preds, (tuple, list)) and len(preds) and isinstance(preds[0], torch.Tensor) and preds[0].ndim == 4:
+            preds = preds[0]                                                   # (logits, aux logits)
         if isinstance(preds, torch.Tensor) and preds.ndim == 4: preds = preds.argmax(1)
         for p, g in zip(preds, gts):
             for t, a in zip(self.totals, intersect_and_union(p, g, self.num_classes, self.ignore_index)): t += a

@@ -67,8 +67,11 @@ def sweep(backbones,                       # backbone names/checkpoints (list), 
                 run = out / label / f"f{f:g}-s{s}"
                 row = dict(backbone=label, fraction=float(f), seed=int(s), run=str(run))
                 try:
-                    if (run / 'metrics.json').exists(): res, row['status'] = json.loads((run / 'metrics.json').read_text()), 'cached'
-                    else: res, row['status'] = finetune(task, data, bb, out=run, fraction=f, seed=s, quiet=quiet, **finetune_kw), 'ran'
+                    if (run / 'metrics.json').exists():
+                        res, row['status'] = json.loads((run / 'metrics.json').read_text()), 'cached'
+                    else:
+                        res = finetune(task, data, bb, out=run, fraction=f, seed=s, quiet=quiet, **finetune_kw)
+                        row['status'] = 'ran'
                     row.update({k: res.get(k) for k in (*DEPTH_KEYS, 'mIoU', 'mAcc', 'aAcc') if k in res},
                                baseline=(res.get('baseline') or {}).get(metric), n_train=res.get('n_train'),
                                train_seconds=res.get('train_seconds'))

@@ -93,7 +93,7 @@ def _fit(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return pred if pred.shape[-2:] == target.shape[-2:] else resize(pred, target.shape[-2:])
 
 class SegLoss(nn.Module):
-    "Cross-entropy (ignoring `ignore_index`) on the logits + `aux_weight` x the auxiliary head's, logits resized to the labels."
+    "Cross-entropy (ignoring `ignore_index`) on the logits + `aux_weight` x the auxiliary head's, resized to the labels."
     def __init__(self, ignore_index: int = 255, aux_weight: float = 0.4):
         super().__init__(); self.ignore_index, self.aux_weight = ignore_index, aux_weight
 
