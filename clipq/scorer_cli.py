@@ -44,6 +44,7 @@ def _check_device(device: str | None):
 
 # %% ../nbs/03d_scorer.cli.ipynb #35997474
 def score(shards: list[str],                  # tar shards or parquet files with images (paths, folders, globs, {a..b})
+          *,
           out: str,                           # output folder: a parquet of scores per shard, settings, summary.json
           model: str = 'ViT-B-32',            # open_clip model name, or an open_clip model config .json
           pretrained: str | None = None,      # released weights tag (needs the network or a cache), e.g. 'openai'
@@ -102,6 +103,7 @@ def check_outputs(out, shards_out=None, shard_size: int = 1000, overwrite: bool 
 
 # %% ../nbs/03d_scorer.cli.ipynb #4ac0671f
 def filter_scores(scores: str,                      # folder of score parquets written by `clipq score`
+                  *,
                   out: str,                         # selection parquet to write (read by train_loader(keep=OUT))
                   threshold: float | None = None,   # keep pairs with score >= THRESHOLD
                   top_percent: float | None = None, # keep the best PERCENT % of the whole pool, in (0, 100]
