@@ -24,3 +24,12 @@ def test_notebook(nb):
     except subprocess.TimeoutExpired as e:
         pytest.fail(f'{nb.name} did not finish within {limit}s\n{(e.stderr or b"")[-4000:]!r}')
     assert r.returncode == 0, f'{nb.name} failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}'
+
+
+def test_plain_nbdev_test_shares_a_process():
+    """Plain `nbdev_test` runs notebooks one after another in a shared process: a notebook that imports triton (through
+    clipq.scorer/clipq.models) must not break the loss notebooks' Triton interpreter runs that follow it (issue 13)."""
+    nbdev_test = Path(sys.executable).parent/'nbdev_test'
+    cmd = [str(nbdev_test), '--n_workers', '0', '--path', 'nbs', '--file_re', r'^(03a_scorer|04a_loss|04b_loss\.triton)\.ipynb$']
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=DEFAULT_TIMEOUT_S)
+    assert r.returncode == 0, f'{r.stdout[-4000:]}\n{r.stderr[-8000:]}'
