@@ -4,8 +4,9 @@
 
 # %% ../nbs/00_core.ipynb #cb4d764d
 from __future__ import annotations
-import contextlib, ctypes, glob, logging, os, random, shutil, signal, sys, tempfile, threading, time, uuid
+import contextlib, ctypes, glob, importlib, logging, os, random, shutil, signal, sys, tempfile, threading, time, uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ except ImportError: fcntl = None
 # %% auto #0
 __all__ = ['default_device', 'autocast_dtype', 'autocast_ctx', 'seed_everything', 'item_rng', 'atomic_write',
            'check_writable_dir', 'remove_stale_tmp', 'atomic_dir', 'die_with_parent', 'available_memory',
-           'count_params', 'get_logger']
+           'count_params', 'get_logger', 'lazy_reexport']
 
 # %% ../nbs/00_core.ipynb #f2c6daca
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -249,3 +250,14 @@ def get_logger(name: str = 'clipq') -> logging.Logger:
         if root.level == logging.NOTSET: root.setLevel(os.environ.get('CLIPQ_LOG_LEVEL', 'INFO').upper())
         root.propagate = False
     return root if name == 'clipq' else root.getChild(name.removeprefix('clipq.'))
+
+# %% ../nbs/00_core.ipynb #4bf61357
+def lazy_reexport(hub: str, parts) -> Callable:
+    "A module `__getattr__` for `hub` serving the public names (`__all__`) of the modules `parts`, imported on first use."
+    def __getattr__(name: str):
+        if not name.startswith('__'):
+            for m in parts:
+                mod = importlib.import_module(m if '.' in m else f'clipq.{m}')
+                if name in getattr(mod, '__all__', ()): return getattr(mod, name)
+        raise AttributeError(f"module {hub!r} has no attribute {name!r}")
+    return __getattr__

@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 from timm.models.vision_transformer import VisionTransformer
 
-from .core import default_device
+from .core import default_device, lazy_reexport
 
 # %% auto #0
 __all__ = ['CLIP_MODELS', 'clipq_tiny_mci', 'clipq_tiny_vit', 'register_models', 'read_state_dict', 'PretrainedUnavailableError',
@@ -273,10 +273,4 @@ def create_clip(name: str | Path, pretrained=None, device: str | torch.device | 
 # %% ../nbs/05a_models.ipynb #9bcd9346
 _SUBMODULES = ('backbones', 'backbone_table')
 
-def __getattr__(name: str):
-    "Public names of `clipq.backbones` and `clipq.backbone_table`, importable from `clipq.models`."
-    if not name.startswith('__'):
-        for m in _SUBMODULES:
-            mod = importlib.import_module(f'clipq.{m}')
-            if name in getattr(mod, '__all__', ()): return getattr(mod, name)
-    raise AttributeError(f"module 'clipq.models' has no attribute {name!r}")
+__getattr__ = lazy_reexport(__name__, _SUBMODULES)   # the parts' names, importable from this hub

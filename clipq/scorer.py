@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import default_device, autocast_ctx, autocast_dtype, get_logger
+from .core import default_device, autocast_ctx, autocast_dtype, get_logger, lazy_reexport
 from .data import n_truncated as _n_truncated
 from .models import load_clip, resolve_clip_name, weights_hash
 
@@ -220,10 +220,4 @@ def score_samples(self: Scorer, samples: Iterable, batch_size: int = 256, refere
 # %% ../nbs/03a_scorer.ipynb #9e2bad38
 _SUBMODULES = ('scorer_claims', 'scorer_shards', 'scorer_select', 'scorer_cli')
 
-def __getattr__(name: str):
-    "Public names of `clipq.scorer_shards` and `clipq.scorer_select`, importable from `clipq.scorer`."
-    if not name.startswith('__'):
-        for m in _SUBMODULES:
-            mod = importlib.import_module(f'clipq.{m}')
-            if name in getattr(mod, '__all__', ()): return getattr(mod, name)
-    raise AttributeError(f"module 'clipq.scorer' has no attribute {name!r}")
+__getattr__ = lazy_reexport(__name__, _SUBMODULES)   # the parts' names, importable from this hub
