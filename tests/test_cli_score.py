@@ -275,9 +275,14 @@ def test_unreadable_shards_give_status_1(world, tmp_path):
     (tmp_path/'zero.tar').write_bytes(b'')
     (tmp_path/'junk.parquet').write_bytes(b'not a parquet file')
     args = dict(model=str(world/'tiny.json'), checkpoint=str(world/'tiny.pt'), workers=0, no_progress=True)
-    assert score([str(tmp_path/'zero.tar'), str(tmp_path/'junk.parquet')], str(tmp_path/'o'), **args) == 1
+    assert score([str(tmp_path/'zero.tar'), str(tmp_path/'junk.parquet')], out=str(tmp_path/'o'), **args) == 1
     summary = json.loads((tmp_path/'o/summary.json').read_text())
     assert summary['failed_shards'] == sorted([str(tmp_path/'zero.tar'), str(tmp_path/'junk.parquet')])
-    assert score([str(world/'w/train/shard-000000.tar'), str(tmp_path/'zero.tar')], str(tmp_path/'o'), **args) == 1
+    assert score([str(world/'w/train/shard-000000.tar'), str(tmp_path/'zero.tar')], out=str(tmp_path/'o'), **args) == 1
     assert len(scores(tmp_path/'o')) == 1
-    assert score([str(world/'w/train/shard-000000.tar')], str(tmp_path/'o'), **args) == 0
+    assert score([str(world/'w/train/shard-000000.tar')], out=str(tmp_path/'o'), **args) == 0
+    # and the command: exit status 1, the unreadable shard named, the readable one scored
+    r = run('score', world/'w/train/shard-000001.tar', tmp_path/'zero.tar', '--out', tmp_path/'c', '--model', world/'tiny.json',
+            '--checkpoint', world/'tiny.pt', '--workers', '0', '--no-progress')
+    assert r.returncode == 1 and 'zero.tar' in r.stdout + r.stderr, r.stdout + r.stderr
+    assert len(scores(tmp_path/'c')) == 1
