@@ -39,7 +39,8 @@ def run_plan(steps: list[Step], out, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
     out, log = Path(out), get_logger('clipq.reproduce')
     ids = [s.id for s in steps]
-    if len(set(ids)) != len(ids): raise ValueError(f"step ids must be unique: {sorted({i for i in ids if ids.count(i) > 1})}")
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup: raise ValueError(f"step ids must be unique: {dup}")
     results, failed, blocked, done_before = {}, {}, [], 0
     todo = [s for s in steps if _read_result(out/'runs'/s.id) is None]
     bar = tqdm(total=sum(s.cost for s in todo), disable=not progress, unit='', bar_format=
@@ -47,7 +48,7 @@ def run_plan(steps: list[Step], out, progress: bool = True) -> dict:
     for s in steps:
         folder = out/'runs'/s.id
         if (r := _read_result(folder)) is not None: results[s.id] = r; done_before += 1; continue
-        if miss := [n for n in s.needs if n not in results]:
+        if any(n not in results for n in s.needs):         # a step it needs failed or was blocked
             blocked.append(s.id); bar.update(s.cost); continue
         if folder.exists(): shutil.rmtree(folder)           # a step interrupted earlier starts over
         folder.mkdir(parents=True)
