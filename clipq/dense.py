@@ -200,6 +200,12 @@ def _check_out(out: Path, config: dict, overwrite: bool) -> bool:
 
 _NO_RESUME_KEYS = ('out', 'device', 'num_workers', 'quiet', 'overwrite', 'checkpoint_every')
 
+def _epoch_iters(iters: int, evals: int) -> list[int]:
+    "Iterations of each of the (at most `iters`) epochs that end in an evaluation: `iters` in all, as even as can be."
+    if iters < 1: raise ValueError(f"iters must be a positive number of iterations, got {iters!r}")
+    n = max(1, min(evals, iters))
+    return [iters // n + (e < iters % n) for e in range(n)]
+
 # %% ../nbs/08e_dense.ipynb #48b31f0e
 def finetune(task: str,                        # 'seg' (ADE20k-style segmentation) or 'depth' (NYUv2-style metric depth)
              data: str,                        # a `clipq synth` world, an ADE20k or NYUv2 (BTS) folder, or the labelled .mat
@@ -231,6 +237,7 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     "Fine-tune a backbone with a dense head for segmentation or depth, then evaluate it (metrics.json in `out`)."
     config = {k: v for k, v in locals().items()}
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if iters is not None: _epoch_iters(iters, evals)           # bad iters: fail before anything is read
     p = data_info(data, task, protocol)
     out = Path(out or Path('runs') / f"{task}-{_slug(backbone)}-f{fraction:g}-s{seed}").expanduser()
     config['out'] = str(out)
@@ -248,23 +255,23 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     n_train = dls.n_train
     if iters is None: iters = (epochs * math.ceil(n_train / bs) if epochs else
                                p.get('iters') or p.get('epochs', 25) * math.ceil(n_train / bs))
-    per_epoch = math.ceil(iters / max(1, evals))
+    sizes = _epoch_iters(iters, evals)                         # one epoch per evaluation, exactly `iters` in all
     dls = dense_dls(data, task, protocol, bs, fraction, seed, num_workers, mean=mean, std=std, check=False,
-                    device=default_device(device), epoch_len=per_epoch * bs)
+                    device=default_device(device), epoch_len=[n * bs for n in sizes])
     out.mkdir(parents=True, exist_ok=True)
     if not resume: _write_json(out / 'config.json', config)
     meta = dict(mean=mean, std=std, backbone=str(backbone), model=model.dense_config['arch'], task=task)
     ck = Checkpoint(out / 'checkpoints', every=checkpoint_every, resume='latest' if resume else None, keep=1, weights=None,
                     meta=meta)
     cbs = [CSVLog(out), _EvalLog(), ck]
-    lkw = dict(lr=lr or p.get('lr', 1e-4), wd=wd, layer_decay=layer_decay, iters=len(dls.train) * evals, warmup=warmup,
+    lkw = dict(lr=lr or p.get('lr', 1e-4), wd=wd, layer_decay=layer_decay, iters=iters, warmup=warmup,
                schedule=schedule, cbs=cbs, path=out)
     learn = (seg_learner(model, dls, **lkw) if task == 'seg' else
              depth_learner(model, dls, max_depth=p.get('max_depth', 10.0), eigen_crop=p.get('eigen_crop', False), **lkw))
     t0 = time.time()
     if quiet:
-        with learn.no_bar(), learn.no_logging(): learn.fit(evals)
-    else: learn.fit(evals)
+        with learn.no_bar(), learn.no_logging(): learn.fit(len(sizes))
+    else: learn.fit(len(sizes))
     train_s = time.time() - t0
     meta.update(n_train=n_train, fraction=fraction, seed=seed, iters=learn.train_iter, train_seconds=round(train_s, 1))
     save_dense(model, out / 'model.pt', meta)

@@ -21,7 +21,8 @@ from .dense_data import (ADE20K_CLASSES, synth_meta, ade_items, nyu_items, nyu_m
 
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'PROTOCOLS', 'RandomRescale', 'CatMaxCrop', 'seg_train_transform', 'depth_train_transform',
-           'eval_transform', 'synth_protocol', 'subset_indices', 'DenseDataset', 'data_info', 'list_items', 'dense_dls']
+           'eval_transform', 'synth_protocol', 'subset_indices', 'DenseDataset', 'data_info', 'list_items',
+           'EpochLoader', 'dense_dls']
 
 # %% ../nbs/08c_dense_augment.ipynb #55dd324b
 class RandomRescale(v2.Transform):
@@ -186,11 +187,38 @@ def list_items(data: str | os.PathLike, task: str, split: str, splits: str | os.
         return nyu_mat_items(data, split, splits)
     return nyu_items(data, 'train' if split in ('train', 'training') else 'test')
 
+# %% ../nbs/08c_dense_augment.ipynb #d6e622f8
+def _epoch_lens(epoch_len) -> list[int]:
+    "`epoch_len` (None, a number of samples, or one per epoch) as a list of positive ints."
+    lens = [epoch_len] if isinstance(epoch_len, (int, np.integer)) else list(epoch_len or [])
+    if not all(isinstance(n, (int, np.integer)) and n > 0 for n in lens):
+        raise ValueError(f"epoch_len must be a positive number of samples (or one per epoch), got {epoch_len!r}")
+    return [int(n) for n in lens]
+
+class EpochLoader(DataLoader):
+    "A fastai `DataLoader` whose epoch is exactly `epoch_len` samples (or one length per epoch, the last repeating)."
+    def __init__(self, dataset=None, epoch_len: int | Sequence[int] | None = None, **kwargs):
+        lens = _epoch_lens(epoch_len)
+        if lens: kwargs['n'] = lens[0]
+        super().__init__(dataset, **kwargs)
+        self.epoch_lens = lens or [self.n]
+
+    def set_epoch(self, epoch: int):
+        "Give the coming epoch `epoch`'s length (`clipq.callbacks.Checkpoint` calls this before each training epoch)."
+        self.n = self.epoch_lens[min(epoch, len(self.epoch_lens) - 1)]
+
+    def get_idxs(self):
+        "`n` indices: a draw without replacement when `n` < len(dataset), else whole passes shuffled together."
+        N = len(self.dataset)
+        if self.shuffle and self.n < N: return self.rng.sample(range(N), self.n)
+        idxs = [i % N for i in range(self.n)]
+        return self.shuffle_fn(idxs) if self.shuffle else idxs
+
 # %% ../nbs/08c_dense_augment.ipynb #8279d6d9
 def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto', bs: int | None = None,
               fraction: float = 1.0, seed: int = 0, num_workers: int = 0, val_bs: int | None = None,
               mean=CLIP_MEAN, std=CLIP_STD, check: bool | None = None, device=None, splits=None,
-              epoch_len: int | None = None) -> DataLoaders:
+              epoch_len: int | Sequence[int] | None = None) -> DataLoaders:
     "fastai `DataLoaders` for `task` on `data` with the protocol's augmentations, the training set cut to `fraction`."
     p = data_info(data, task, protocol)
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -199,15 +227,15 @@ def dense_dls(data: str | os.PathLike, task: str, protocol: str | dict = 'auto',
     for items in (train, valid): check_items(items, task, full=check, **kw)
     train = [train[i] for i in subset_indices(len(train), fraction, seed)]
     n_train = len(train)
-    if epoch_len and epoch_len > n_train: train = (train * math.ceil(epoch_len / n_train))[:epoch_len]   # by iterations
     if task == 'seg': tt = seg_train_transform(p['crop'], p['scale'], p['ratio_range'], p['cat_max_ratio'], mean=mean, std=std)
     else: tt = depth_train_transform(p['crop'], p['rotate'], mean=mean, std=std)
     bs = bs or p.get('bs', 8)
     val_bs = val_bs or (1 if p.get('eval_scale') else bs)      # images evaluated at their own sizes: one per batch
     tds = DenseDataset(train, task, tt, **kw)
     vds = DenseDataset(valid, task, eval_transform(p.get('eval_scale'), mean, std), **kw)
-    dls = DataLoaders(DataLoader(tds, bs=min(bs, len(tds)), shuffle=True, drop_last=len(tds) >= bs, num_workers=num_workers,
-                                 seed=seed),
+    n_epoch = min(_epoch_lens(epoch_len) or [n_train])          # full batches; an epoch under a batch is one batch
+    dls = DataLoaders(EpochLoader(tds, epoch_len, bs=min(bs, n_epoch), shuffle=True, drop_last=n_epoch >= bs,
+                                  num_workers=num_workers),
                       DataLoader(vds, bs=val_bs, shuffle=False, num_workers=num_workers), device=device)
     dls.task, dls.protocol, dls.num_classes, dls.classes = task, p, p.get('num_classes'), p.get('classes')
     dls.n_train, dls.fraction, dls.seed = n_train, fraction, seed
