@@ -4,13 +4,13 @@
 
 # %% ../nbs/10_cli.ipynb #3bb2618c
 from __future__ import annotations
-import argparse, importlib, importlib.util, inspect, json, signal, sys, threading, typing
+import argparse, importlib, importlib.util, inspect, json, re, signal, sys, threading, typing
 from pathlib import Path
 
 from . import __version__
 
 # %% auto #0
-__all__ = ['command', 'from_function', 'load_config', 'check_device', 'build_parser', 'main']
+__all__ = ['command', 'from_function', 'load_config', 'check_device', 'Parser', 'build_parser', 'one_line', 'main']
 
 # %% ../nbs/10_cli.ipynb #5a4499b4
 _COMMANDS: dict = {}    # name -> (one-line help, description or None, builder function or 'module:function')
@@ -60,17 +60,20 @@ def _add_options(p: argparse.ArgumentParser, fn) -> list[str]:
         if t is None: continue
         typ, many, choices = t
         default, help = prm.default, (docs.get(name) or '').strip().replace('%', '%%')   # argparse formats help with %
-        kw = dict(help=help, choices=choices)
+        kw, flag = dict(help=help, choices=choices), f"--{name.replace('_', '-')}"
         if prm.default is prm.empty and prm.kind != prm.KEYWORD_ONLY:
             p.add_argument(name, nargs='*' if many else '?', type=typ, default=None, **kw)
+        elif typ is bool and default is None:                   # --x / --no-x; neither: the function decides
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif typ is bool:
             flag = f"--{'no-' if default else ''}{name.replace('_', '-')}"
-            p.add_argument(flag, dest=name, action='store_false' if default else 'store_true', default=default, help=help)
+            p.add_argument(flag, dest=name, action='store_false' if default else 'store_true', default=default,
+                           help=help)
         else:
             if default is prm.empty: default = None                      # a required option (checked after --config)
             elif default is not None and default != (): kw['help'] = f"{help} (default: {default})".strip()
-            p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, nargs='+' if many else None,
-                           default=default, metavar=name.upper(), **kw)
+            p.add_argument(flag, dest=name, type=typ, nargs='+' if many else None, default=default,
+                           metavar=name.upper(), **kw)
         names.append(name)
     return names
 
@@ -95,12 +98,14 @@ def check_device(device: str | None) -> str | None:
     if device is None: return None
     import torch
     try: d = torch.device(device)
-    except (RuntimeError, ValueError): raise ValueError(f"--device {device!r} is not a device name (e.g. cpu, cuda, cuda:1, mps)") from None
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device name (e.g. cpu, cuda, cuda:1, mps)") from None
     if d.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch can use (use --device cpu)")
     if d.type == 'cuda' and d.index is not None and d.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if d.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"--device {device}: MPS is not available here")
+    if d.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here")
     return device
 
 # %% ../nbs/10_cli.ipynb #62aeef9e
@@ -117,7 +122,8 @@ def _generated(p: argparse.ArgumentParser, target: str):
     def run(a, argv):
         if a.config:
             cfg = load_config(a.config)
-            if bad := sorted(set(cfg) - set(names)): raise ValueError(f"{a.config}: unknown options {bad}; known: {names}")
+            if bad := sorted(set(cfg) - set(names)):
+                raise ValueError(f"{a.config}: unknown options {bad}; known: {names}")
             p.set_defaults(**cfg)
             a = p.parse_args(argv)
         kw = {n: getattr(a, n) for n in names}
@@ -140,42 +146,61 @@ def _synth(p):
     p.add_argument('-n', '--n', type=int, default=2000, help='number of scenes (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='world seed (default: %(default)s)')
     p.add_argument('--size', type=int, default=d.size, help='image size in pixels (default: %(default)s)')
-    p.add_argument('--val-fraction', type=float, default=0.1, help='fraction of scenes in val/test (default: %(default)s)')
+    p.add_argument('--val-fraction', type=float, default=0.1,
+                   help='fraction of scenes in val/test (default: %(default)s)')
     p.add_argument('--shard-size', type=int, default=500, help='scenes per tar shard (default: %(default)s)')
-    p.add_argument('--captions', type=int, default=d.n_captions, help='quality captions per image, K (default: %(default)s)')
-    p.add_argument('--alt-noise', type=float, default=d.alt_noise, help='noise of the alt-text captions, 0..1 (default: %(default)s)')
-    p.add_argument('--max-objects', type=int, default=d.max_objects, help='most objects per scene (default: %(default)s)')
-    p.add_argument('--formats', default=','.join(FORMATS), help='comma-separated subset of %(default)s (shards are always written)')
+    p.add_argument('--captions', type=int, default=d.n_captions,
+                   help='quality captions per image, K (default: %(default)s)')
+    p.add_argument('--alt-noise', type=float, default=d.alt_noise,
+                   help='noise of the alt-text captions, 0..1 (default: %(default)s)')
+    p.add_argument('--max-objects', type=int, default=d.max_objects,
+                   help='most objects per scene (default: %(default)s)')
+    p.add_argument('--formats', default=','.join(FORMATS),
+                   help='comma-separated subset of %(default)s (shards are always written)')
     p.add_argument('--workers', type=int, default=None, help='worker processes (default: all cores)')
-    p.add_argument('--overwrite', action='store_true', help='replace OUT if it exists (only once the new data is complete)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace OUT if it exists (only once the new data is complete)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     def run(a, argv):
         from clipq.synth import write_synth
-        meta = write_synth(a.out, n=a.n, seed=a.seed, size=a.size, val_fraction=a.val_fraction, shard_size=a.shard_size,
-                           workers=a.workers, formats=[f.strip() for f in a.formats.split(',') if f.strip()],
+        meta = write_synth(a.out, n=a.n, seed=a.seed, size=a.size, val_fraction=a.val_fraction,
+                           shard_size=a.shard_size, workers=a.workers,
+                           formats=[f.strip() for f in a.formats.split(',') if f.strip()],
                            overwrite=a.overwrite, progress=not a.no_progress, n_captions=a.captions,
                            alt_noise=a.alt_noise, max_objects=a.max_objects)
         c, s = meta['counts'], meta['mean_scores']
-        print(f"wrote {c['train']} train + {c['val']} val scenes ({a.size}px) to {meta['out']} in {meta['seconds']}s\n"
+        print(f"wrote {c['train']} train + {c['val']} val scenes ({a.size}px) to {meta['out']} "
+              f"in {meta['seconds']}s\n"
               f"mean ground-truth caption alignment: quality {s['quality']:.2f}, alt-text {s['alt']:.2f}\n"
               f"preview: {Path(meta['out'])/'preview.png'}")
     return run
 
 # %% ../nbs/10_cli.ipynb #7347a3ec
-from_function('score', 'clipq.scorer:score', help='score every image-caption pair of shards with a CLIP model (resumable)')
-from_function('filter', 'clipq.scorer:filter_scores', help='select pairs from score files: threshold, top-k %% of the pool, best-of-K')
+from_function('score', 'clipq.scorer:score',
+              help='score every image-caption pair of shards with a CLIP model (resumable)')
+from_function('filter', 'clipq.scorer:filter_scores',
+              help='select pairs from score files: threshold, top-k %% of the pool, best-of-K')
 
 # %% ../nbs/10_cli.ipynb #c31a24b7
-from_function('train', 'clipq.train:train_clip', help='pretrain a CLIP model on image-text shards (fastai, DDP, exact resume)')
-from_function('finetune', 'clipq.dense:finetune', help='fine-tune a backbone for segmentation or depth (ADE20k / NYUv2 layouts)')
+from_function('train', 'clipq.train:train_clip',
+              help='pretrain a CLIP model on image-text shards (fastai, DDP, exact resume)')
+from_function('finetune', 'clipq.dense:finetune',
+              help='fine-tune a backbone for segmentation or depth (ADE20k / NYUv2 layouts)')
 from_function('eval', 'clipq.dense:evaluate', help='evaluate a fine-tuned dense model: mIoU or depth metrics, pictures')
-from_function('reproduce', 'clipq.reproduce:reproduce', help="the paper's experiment in miniature, end to end (resumable)")
+from_function('reproduce', 'clipq.reproduce:reproduce',
+              help="the paper's experiment in miniature, end to end (resumable)")
+
+# %% ../nbs/10_cli.ipynb #072de2ea
+class Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose usage errors are one line, exit status 2 (subcommands' parsers are of this class too)."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 # %% ../nbs/10_cli.ipynb #f72d001d
 def build_parser(only: str | None = None, full: bool = False) -> argparse.ArgumentParser:
     "The `clipq` parser; subcommand `only` (every one if `full`) gets its options, the others only their help line."
-    parser = argparse.ArgumentParser(prog='clipq', description='clipq: CLIP with Quality Captions, from caption scoring '
-                                     'to dense transfer. `clipq COMMAND --help` explains each command.')
+    parser = Parser(prog='clipq', description='clipq: CLIP with Quality Captions, from caption scoring to dense '
+                    'transfer. `clipq COMMAND --help` explains each command.')
     parser.add_argument('--version', action='version', version=f'clipq {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name, (help, desc, build) in _COMMANDS.items():
@@ -185,6 +210,14 @@ def build_parser(only: str | None = None, full: bool = False) -> argparse.Argume
         p = sub.add_parser(name, help=help, description=desc)
         p.set_defaults(_run=_generated(p, build) if isinstance(build, str) else build(p), _parser=p)
     return parser
+
+# %% ../nbs/10_cli.ipynb #f88e7b7a
+def one_line(e: BaseException) -> str:
+    "The message of user error `e` as one line, without a DataLoader worker's traceback or fastai's callback prefix."
+    msg = str(e).strip()
+    if 'Original Traceback' in msg: msg = msg.splitlines()[-1].split(': ', 1)[-1]   # raised in a DataLoader worker
+    msg = re.sub(r'^Exception occured in `\w+` when calling event `\w+`:\s*', '', msg)   # raised in a fastai callback
+    return ' '.join(msg.split())
 
 # %% ../nbs/10_cli.ipynb #2958787c
 _USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
@@ -198,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = next((x for x in argv if not x.startswith('-')), None)
     parser = build_parser(only=cmd)
-    a = parser.parse_args(argv)
+    a, extra = parser.parse_known_args(argv)
+    if extra: (getattr(a, '_parser', None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not a.command: parser.print_help(); return 2
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try: rc = a._run(a, argv[argv.index(cmd) + 1:])
-    except _USER_ERRORS as e: a._parser.exit(2, f'{a._parser.prog}: error: {e}\n')
+    except _USER_ERRORS as e: a._parser.exit(2, f'{a._parser.prog}: error: {one_line(e)}\n')
     except KeyboardInterrupt: a._parser.exit(130, f'{a._parser.prog}: interrupted\n')
     return rc if isinstance(rc, int) else 0              # a function may return its result (a dict): success
