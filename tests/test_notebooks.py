@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
 TIMEOUT_S = {           # per-notebook overrides, seconds: the heaviest notebooks (a few minutes on a quiet 2-core CPU)
     '04c_loss.triton_build': 900, '05c_models.transfer': 900, '07e_train': 900, '07f_train_tiny': 1200, '08e_dense': 900,
-    '09c_mae': 1200, '11a_reproduce': 1200}
+    '09c_mae': 1200, '11d_reproduce': 1200}
 DEFAULT_TIMEOUT_S = 600
 
 

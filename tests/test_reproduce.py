@@ -1,7 +1,7 @@
 """`clipq reproduce` as a user runs it: a real subprocess, killed with SIGKILL part-way, then run again.
 
 The rerun must keep every run that had finished (its result file untouched), redo at most the run that was in
-progress, and finish with the full report; the notebook `11a_reproduce` covers the rest of the behaviour.
+progress, and finish with the full report; the notebooks `11b_reproduce.plan` … `11d_reproduce` cover the rest.
 """
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
