@@ -92,6 +92,17 @@ def load_config(path: str | Path) -> dict:
     if not isinstance(d, dict): raise ValueError(f"config file {path} must hold a mapping of option names to values")
     return {str(k).replace('-', '_'): v for k, v in d.items()}
 
+# %% ../nbs/10_cli.ipynb #a324e283
+_CONFIG_HELP = 'JSON/YAML file of option values; the command line overrides it'
+
+def _apply_config(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str], names: list[str]):
+    "`a`, or `argv` parsed again by `p` with the values of the config file `a.config` (keys among `names`) as defaults."
+    if not a.config: return a
+    cfg = load_config(a.config)
+    if bad := sorted(set(cfg) - set(names)): raise ValueError(f"{a.config}: unknown options {bad}; known: {names}")
+    p.set_defaults(**cfg)
+    return p.parse_args(argv)
+
 # %% ../nbs/10_cli.ipynb #103b849d
 def check_device(device: str | None) -> str | None:
     "`device` if this machine has it (None: clipq chooses), else a ValueError that says what is available."
@@ -117,21 +128,24 @@ def _generated(p: argparse.ArgumentParser, target: str):
     "Add `target`'s options (+ `--config`) to `p`; return the function that runs it with parsed arguments."
     fn = _function(target)
     names = _add_options(p, fn)
-    p.add_argument('--config', metavar='FILE', help='JSON/YAML file of option values; the command line overrides it')
+    p.add_argument('--config', metavar='FILE', help=_CONFIG_HELP)
     required = [n for n in names if inspect.signature(fn).parameters[n].default is inspect.Parameter.empty]
     def run(a, argv):
-        if a.config:
-            cfg = load_config(a.config)
-            if bad := sorted(set(cfg) - set(names)):
-                raise ValueError(f"{a.config}: unknown options {bad}; known: {names}")
-            p.set_defaults(**cfg)
-            a = p.parse_args(argv)
+        a = _apply_config(p, a, argv, names)
         kw = {n: getattr(a, n) for n in names}
         if missing := [n for n in required if kw[n] in (None, [])]:
             raise ValueError(f"the following arguments are required: {', '.join(missing)}")
         if 'device' in kw: check_device(kw['device'])
         return fn(**kw)
     return run
+
+# %% ../nbs/10_cli.ipynb #4edfca81
+def _handwritten(p: argparse.ArgumentParser, build):
+    "Add the options of hand-written subcommand `build` (+ `--config`) to `p`; return the function that runs it."
+    run = build(p)
+    p.add_argument('--config', metavar='FILE', help=_CONFIG_HELP)
+    names = [x.dest for x in p._actions if x.dest not in ('help', 'config')]
+    return lambda a, argv: run(_apply_config(p, a, argv, names), argv)
 
 # %% ../nbs/10_cli.ipynb #4fe9be57
 @command('synth', help='write the built-in synthetic world (shards, parquet, ADE20k/NYUv2 layouts)',
@@ -165,7 +179,8 @@ def _synth(p):
         from clipq.synth import write_synth
         meta = write_synth(a.out, n=a.n, seed=a.seed, size=a.size, val_fraction=a.val_fraction,
                            shard_size=a.shard_size, workers=a.workers,
-                           formats=[f.strip() for f in a.formats.split(',') if f.strip()],
+                           formats=[f.strip() for f in (a.formats.split(',') if isinstance(a.formats, str)
+                                                        else a.formats) if f.strip()],
                            overwrite=a.overwrite, progress=not a.no_progress, n_captions=a.captions,
                            alt_noise=a.alt_noise, max_objects=a.max_objects)
         c, s = meta['counts'], meta['mean_scores']
@@ -208,7 +223,7 @@ def build_parser(only: str | None = None, full: bool = False) -> argparse.Argume
         if not (full or name == only): sub.add_parser(name, help=help); continue
         if isinstance(build, str): desc = inspect.getdoc(_function(build))
         p = sub.add_parser(name, help=help, description=desc)
-        p.set_defaults(_run=_generated(p, build) if isinstance(build, str) else build(p), _parser=p)
+        p.set_defaults(_run=_generated(p, build) if isinstance(build, str) else _handwritten(p, build), _parser=p)
     return parser
 
 # %% ../nbs/10_cli.ipynb #f88e7b7a
