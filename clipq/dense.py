@@ -126,16 +126,18 @@ def evaluate(checkpoint: str,              # a fine-tuned model: `model.pt` writ
              baseline: bool | None = None, # also score a constant predictor (default: with <= 2000 training items)
              protocol: str = 'auto',       # 'auto' (synthetic world or the real data set's), 'ade20k', 'nyu'
              device: str | None = None,    # torch device (default: cuda > mps > cpu)
-             quiet: bool = False,          # no summary line
+             progress: bool = True,        # print the summary line
              ) -> dict:
     "Evaluate a fine-tuned dense model on a split with the reference metrics; writes metrics.json and predictions.png."
+    if split not in ('train', 'val'): raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     ckpt = Path(checkpoint).expanduser()
     model = load_dense(ckpt, device)
     c, meta, dev = model.dense_config, model.dense_meta, next(model.parameters()).device
-    task, p = c['task'], data_info(data, c['task'], protocol)
+    task = c['task']
+    items = list_items(data, task, split)                      # a missing data folder is named first
+    p = data_info(data, task, protocol)
     if task == 'seg' and p['num_classes'] != c['num_classes']:
         raise ValueError(f"the model predicts {c['num_classes']} classes but {data} has {p['num_classes']}")
-    items = list_items(data, task, split)
     kw = dict(num_classes=p.get('num_classes'), reduce_zero_label=p.get('reduce_zero_label', False))
     check_items(items, task, **kw)
     mean, std = meta.get('mean', CLIP_MEAN), meta.get('std', CLIP_STD)
@@ -163,7 +165,7 @@ def evaluate(checkpoint: str,              # a fine-tuned model: `model.pt` writ
     out.mkdir(parents=True, exist_ok=True)
     if rows: _picture(rows, task, out / 'predictions.png', mean, std)
     _write_json(out / 'metrics.json', res)
-    if not quiet: print(summary_line(res))
+    if progress: print(summary_line(res))
     return DenseResult(res)
 
 def summary_line(res: dict) -> str:
@@ -207,7 +209,7 @@ def _check_out(out: Path, config: dict, overwrite: bool) -> bool:
                          "pass overwrite=True to start over")
     return bool(list_checkpoints(out / 'checkpoints'))
 
-_NO_RESUME_KEYS = ('out', 'device', 'num_workers', 'quiet', 'overwrite', 'checkpoint_every')
+_NO_RESUME_KEYS = ('out', 'device', 'workers', 'progress', 'overwrite', 'save_every')
 
 def _epoch_iters(iters: int, evals: int) -> list[int]:
     "Iterations of each of the (at most `iters`) epochs that end in an evaluation: `iters` in all, as even as can be."
@@ -227,7 +229,7 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
              head_channels: int | None = None, # head width (default: mmseg's, 64 for tiny backbones)
              iters: int | None = None,         # training iterations, exactly (default: the protocol's; 160k ADE20k)
              epochs: int | None = None,        # or a number of epochs over the (subset of the) training set
-             bs: int | None = None,            # batch size (default: the protocol's)
+             batch_size: int | None = None,    # batch size (default: the protocol's)
              lr: float | None = None,          # peak learning rate (default: the protocol's)
              wd: float = 0.01,                 # AdamW weight decay (none on norms, biases, position embeddings)
              layer_decay: float | None = None, # layer-wise lr decay (default 0.65 for pretrained ViTs, else 1.0)
@@ -237,16 +239,18 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
              evals: int = 5,                   # validation passes in training (eval.csv), at most one per iteration
              flip: bool = False,               # flip test-time augmentation in the final evaluation
              protocol: str = 'auto',           # 'auto' (synthetic world or the real data set's), 'ade20k', 'nyu'
-             checkpoint_every: int | None = None, # also checkpoint every N iterations (always after each evaluation)
-             num_workers: int = 0,             # data loading processes
+             save_every: int | None = None,    # also checkpoint every N iterations (always after each evaluation)
+             workers: int = 0,                 # data loading processes
              device: str | None = None,        # torch device (default: cuda > mps > cpu)
              overwrite: bool = False,          # redo a finished run in `out`
-             quiet: bool = False,              # no progress bar or summary line
+             progress: bool = True,            # progress bar and summary line
              ) -> dict:
     "Fine-tune a backbone with a dense head for segmentation or depth, then evaluate it (metrics.json in `out`)."
     config = {k: v for k, v in locals().items()}
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if iters is not None: _epoch_iters(iters, evals)           # bad iters: fail before anything is read
+    for k, v in (('batch_size', batch_size), ('evals', evals), ('epochs', epochs)):
+        if v is not None and v < 1: raise ValueError(f"{k} must be 1 or more, got {v!r}")
     p = data_info(data, task, protocol)
     out = Path(out or Path('runs') / f"{task}-{_slug(backbone)}-f{fraction:g}-s{seed}").expanduser()
     config['out'] = str(out)
@@ -257,21 +261,21 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     if layer_decay is None and Path(str(backbone)).suffix not in CKPT_SUFFIXES:
         layer_decay = 1.0                                      # random init: nothing to keep
     mean, std = _mean_std(model)
-    bs = bs or p.get('bs', 8)
+    bs = batch_size or p.get('bs', 8)
     if task == 'seg' and model.dense_config['head'] == 'upernet' and bs < 2:
         raise ValueError("UperNet trains with batch size >= 2 (its pooling module normalises 1x1 maps with "
-                         "BatchNorm); use bs=2 (--bs 2) or more")
+                         "BatchNorm); use batch_size=2 (--batch-size 2) or more")
     dkw = dict(mean=mean, std=std, device=default_device(device))
-    n_train = dense_dls(data, task, protocol, bs, fraction, seed, num_workers, **dkw).n_train
+    n_train = dense_dls(data, task, protocol, bs, fraction, seed, workers, **dkw).n_train
     if iters is None: iters = (epochs * math.ceil(n_train / bs) if epochs else
                                p.get('iters') or p.get('epochs', 25) * math.ceil(n_train / bs))
     sizes = _epoch_iters(iters, evals)                         # one epoch per evaluation, exactly `iters` in all
-    dls = dense_dls(data, task, protocol, bs, fraction, seed, num_workers, check=False,
+    dls = dense_dls(data, task, protocol, bs, fraction, seed, workers, check=False,
                     epoch_len=[n * bs for n in sizes], **dkw)
     out.mkdir(parents=True, exist_ok=True)
     if not resume: _write_json(out / 'config.json', config)
     meta = dict(mean=mean, std=std, backbone=str(backbone), model=model.dense_config['arch'], task=task)
-    ck = Checkpoint(out / 'checkpoints', every=checkpoint_every, resume='latest' if resume else None, keep=1,
+    ck = Checkpoint(out / 'checkpoints', every=save_every, resume='latest' if resume else None, keep=1,
                     weights=None, meta=meta)
     cbs = [CSVLog(out), _EvalLog(), ck]
     lkw = dict(lr=lr or p.get('lr', 1e-4), wd=wd, layer_decay=layer_decay, iters=iters, warmup=warmup,
@@ -279,17 +283,17 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     if task == 'depth': lkw.update(max_depth=p.get('max_depth', 10.0), eigen_crop=p.get('eigen_crop', False))
     learn = (seg_learner if task == 'seg' else depth_learner)(model, dls, **lkw)
     t0 = time.time()
-    if quiet:
+    if progress: learn.fit(len(sizes))
+    else:
         with learn.no_bar(), learn.no_logging(): learn.fit(len(sizes))
-    else: learn.fit(len(sizes))
     train_s = time.time() - t0
     meta.update(n_train=n_train, fraction=fraction, seed=seed, iters=learn.train_iter, train_seconds=round(train_s, 1))
     save_dense(model, out / 'model.pt', meta)
     res = evaluate(out / 'model.pt', data, mode='auto', flip=flip, out=out, protocol=protocol, device=device,
-                   quiet=True)
+                   progress=False)
     res.update({k: meta[k] for k in ('backbone', 'model', 'n_train', 'fraction', 'seed', 'iters', 'train_seconds')})
     _write_json(out / 'metrics.json', res)
     shutil.rmtree(out / 'checkpoints', ignore_errors=True)
-    if not quiet:
+    if progress:
         print(f"{summary_line(res)}; {res['iters']} iterations on {n_train} images in {train_s:.0f}s -> {out}")
     return DenseResult(res)

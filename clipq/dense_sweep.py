@@ -49,7 +49,7 @@ def sweep(backbones,                       # backbone names/checkpoints (list), 
           seeds=(0, 1, 2),                 # one nested subset (and initialisation) per seed
           out: str = 'runs/sweep',         # sweep folder: one run folder per backbone/fraction/seed, tables and plot
           metric: str | None = None,       # metric to compare (default mIoU for seg, rmse for depth)
-          quiet: bool = True,              # no per-run progress bars
+          progress: bool = False,          # per-run progress bars
           **finetune_kw) -> dict:
     "Fine-tune every backbone on every fraction and seed (resumably); tidy table, summary, plot and efficiency factors."
     import pandas as pd
@@ -70,7 +70,7 @@ def sweep(backbones,                       # backbone names/checkpoints (list), 
                     if (run / 'metrics.json').exists():
                         res, row['status'] = json.loads((run / 'metrics.json').read_text()), 'cached'
                     else:
-                        res = finetune(task, data, bb, out=run, fraction=f, seed=s, quiet=quiet, **finetune_kw)
+                        res = finetune(task, data, bb, out=run, fraction=f, seed=s, progress=progress, **finetune_kw)
                         row['status'] = 'ran'
                     row.update({k: res.get(k) for k in (*DEPTH_KEYS, 'mIoU', 'mAcc', 'aAcc') if k in res},
                                baseline=(res.get('baseline') or {}).get(metric), n_train=res.get('n_train'),

@@ -12,7 +12,7 @@ from clipq.test_utils import tiny_world
 CODE = """
 import sys, torch; torch.set_num_threads(1)
 from clipq.dense import finetune
-finetune('depth', sys.argv[1], 'clipq-tiny-mci', out=sys.argv[2], iters=40, evals=10, checkpoint_every=3, quiet=True)
+finetune('depth', sys.argv[1], 'clipq-tiny-mci', out=sys.argv[2], iters=40, evals=10, save_every=3, progress=False)
 """
 
 
@@ -36,7 +36,7 @@ def test_killed_run_resumes(tmp_path):
         time.sleep(0.2)
     time.sleep(1.0)
     p.send_signal(signal.SIGKILL); p.wait()
-    assert not (out / 'metrics.json').exists(), 'the run finished before it could be killed; lower checkpoint_every'
+    assert not (out / 'metrics.json').exists(), 'the run finished before it could be killed; lower save_every'
     killed_at = max(int(f.stem.split('_')[1]) for f in (out / 'checkpoints').glob('step_*.pt'))
     assert killed_at > 0
     q = _run(world, out)
