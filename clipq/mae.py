@@ -148,7 +148,8 @@ def _pretrain(method: str, make_model, loss_func, data, out, backbone: str, imag
         with atomic_write(out/'config.json') as tmp: tmp.write_text(json.dumps(config, indent=1))
     steps_per_pass = len(train) // batch_size
     resume = 'latest' if state == 'resume' else None
-    cbs = [Checkpoint(out/'checkpoints', every=save_every or steps_per_pass, resume=resume, weights=None, meta=config),
+    cbs = [Checkpoint(out/'checkpoints', every=save_every or max(1, steps_per_pass), resume=resume, weights=None,
+                      meta=config),
            CSVLog(out), NaNGuard()]
     if log_every: cbs.append(StepProgress(log_every))
     learn = budget_learner(model, loss_func, train, valid, images_seen, batch_size, lr, weight_decay, warmup, labels,
@@ -157,7 +158,8 @@ def _pretrain(method: str, make_model, loss_func, data, out, backbone: str, imag
     with (contextlib.nullcontext() if progress else learn.removed_cbs(ProgressCallback)), learn.no_logging():
         learn.fit(learn.n_passes)
     rec = learn.recorder
-    final = dict(zip(rec.metric_names[1:-1], map(float, rec.values[-1]))) if rec.values else {}
+    final = {k: float(v) for k, v in zip(rec.metric_names[1:-1], rec.values[-1] if rec.values else ())
+             if v is not None}                                 # no held-out set: no valid_loss
     summary = dict(steps=learn.train_iter, images=learn.train_iter * batch_size, seconds=round(time.time() - t0, 1),
                    classes=train.classes, **final)
     with atomic_write(out/'summary.json') as tmp: tmp.write_text(json.dumps(summary, indent=1))
