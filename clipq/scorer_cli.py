@@ -43,7 +43,12 @@ def _check_device(device: str | None):
     if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError("device 'mps' is not available")
 
 # %% ../nbs/03d_scorer.cli.ipynb #35997474
-def score(shards: list[str],                  # tar shards or parquet files with images (paths, folders, globs, {a..b})
+def _is_world(p) -> bool:
+    "A `clipq synth` folder (its `train/` shards are the data, as for `clipq train`)."
+    p = Path(str(p)).expanduser()
+    return p.is_dir() and (p/'meta.json').is_file() and (p/'train').is_dir()
+
+def score(shards: list[str],                  # tar/parquet shards (paths, folders, globs, {a..b}) or a synth folder
           *,
           out: str,                           # output folder: a parquet of scores per shard, settings, summary.json
           model: str = 'ViT-B-32',            # open_clip model name, or an open_clip model config .json
@@ -65,6 +70,7 @@ def score(shards: list[str],                  # tar shards or parquet files with
     if claim_timeout <= 0: raise ValueError(f"claim_timeout must be positive, got {claim_timeout}")
     _check_device(device)
     refs = load_references(references) if references else None
+    shards = [str(Path(s)/'train') if _is_world(s) else s for s in ([shards] if isinstance(shards, str) else shards)]
     scorer = Scorer.from_name(model, pretrained=pretrained, checkpoint=checkpoint, device=device, seed=seed,
                               prefix=prefix)
     s = score_shards(shards, out, scorer, batch_size=batch_size, workers=workers, references=refs,
