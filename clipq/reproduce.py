@@ -34,6 +34,9 @@ def reproduce(out: str = 'clipq-reproduce',   # output folder: runs/ (one folder
         sc = replace(sc, fractions=tuple(fractions or sc.fractions), seeds=tuple(seeds or sc.seeds))
     if any(not 0 < f <= 1 for f in sc.fractions):
         raise ValueError(f"fractions must be in (0, 1], got {list(sc.fractions)}")
+    for name, path in (('shards', shards), ('ade', ade), ('nyu', nyu)):     # before hours of runs, not after
+        if path and not any(c in str(path) for c in '*?[{') and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"{name}: {path} does not exist")
     steps = plan_steps(sc, towers, shards, ade, nyu)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if report_only:

@@ -25,7 +25,7 @@ class Step:
     fn: Callable
     params: dict = field(default_factory=dict)
     needs: tuple = ()
-    cost: float = 1.0                        # expected relative duration (for the time-left estimate)
+    cost: float = 1.0                        # expected seconds on a 2-core CPU (weights the time-left estimate)
 
 # %% ../nbs/11b_reproduce.plan.ipynb #a378583a
 def _read_result(folder: Path) -> dict | None:
@@ -108,7 +108,7 @@ SCALES = {
                    depth_iters=6, n_dense=80, clip_batch=32, val_fraction=0.15,
                    expected='about 2 minutes on a 2-core CPU'),
     'tiny': Scale('tiny', n=3000, size=64, images_seen=25600, fractions=(1.0, 0.25, 0.1), seeds=(0, 1, 2),
-                  seg_iters=120, depth_iters=60, n_dense=720, expected='about 28 minutes on a quiet 2-core CPU'),
+                  seg_iters=120, depth_iters=60, n_dense=720, expected='26 minutes on a quiet 2-core CPU'),
     'small': Scale('small', n=50000, size=128, images_seen=2_000_000, fractions=(1.0, 0.25, 0.1, 0.05), seeds=(0, 1, 2),
                    seg_iters=4000, depth_iters=4000, n_dense=20000, ft_bs=16,
                    towers=('clipq-tiny-vit', 'clipq-tiny-mci'), alt_noises=(0.0, 0.3, 0.6), clip_batch=512,
@@ -140,7 +140,8 @@ def _clip(folder: Path, deps: dict, world: str, tower: str, captions: str, steps
                     batch_size=batch_size, steps=steps, warmup=max(1, steps // 10), seed=seed, workers=1,
                     out=str(folder/'clip'), log_every=0)
     if rc: raise RuntimeError(f"train_clip stopped early (exit status {rc}): non-finite losses, see {folder/'clip'}")
-    return {'checkpoint': str(folder/'clip'/'model.safetensors'), 'eval': _last_eval(folder/'clip')}
+    ev = _last_eval(folder/'clip') if (folder/'clip'/'eval.csv').exists() else {}    # shards without a val split
+    return {'checkpoint': str(folder/'clip'/'model.safetensors'), 'eval': ev}
 
 # %% ../nbs/11b_reproduce.plan.ipynb #eaa660b9
 MAIN_ALT_RULE = 0.5    # share of the quality CLIP's held-out R@5 the main alt-text arm must reach
@@ -192,7 +193,7 @@ def _finetune(folder: Path, deps: dict, task: str, world: str, tower: str, fract
     from clipq.dense import finetune
     backbone = deps[pretrain]['checkpoint'] if pretrain else tower
     m = finetune(task, deps[world]['path'], backbone=backbone, arch=tower, out=str(folder/'ft'), fraction=fraction,
-                 seed=seed, iters=iters, bs=bs, evals=1, quiet=True)
+                 seed=seed, iters=iters, batch_size=bs, evals=1, progress=False)
     r = {k: float(m[k]) for k in _KEEP if k in m}
     r['baseline'] = {k: float(v) for k, v in m.get('baseline', {}).items() if k in _KEEP}
     return r
@@ -212,7 +213,8 @@ def _given(folder: Path, deps: dict, path: str) -> dict:
     "Step: data the user gave (checked to exist)."
     if not Path(path).expanduser().exists() and not any(c in str(path) for c in '*{'):
         raise FileNotFoundError(f"{path} does not exist")
-    return {'path': str(path), 'train': str(path)}
+    synth = (Path(path)/'meta.json').is_file() and (Path(path)/'train').is_dir()   # a `clipq synth` folder
+    return {'path': str(path), 'train': str(Path(path)/'train') if synth else str(path)}
 
 def _tower_label(tower: str) -> str: return Path(tower).stem.replace('clipq-tiny-', 'tiny-')
 
@@ -223,12 +225,12 @@ def _data_steps(sc: Scale, shards=None, ade=None, nyu=None) -> tuple[list[Step],
     else:
         pools = {nz: f'world/alt-noise-{nz}' for nz in sc.alt_noises}      # the same images, different alt-text
         steps = [Step(w, _world, dict(n=sc.n, size=sc.size, alt_noise=nz, val_fraction=sc.val_fraction, dense=False),
-                      cost=sc.n / 200) for nz, w in pools.items()]
+                      cost=sc.n / 400) for nz, w in pools.items()]
     dense = {'seg': 'data/ade' if ade else 'world/dense', 'depth': 'data/nyu' if nyu else 'world/dense'}
     if not (ade and nyu):                            # another seed: disjoint from the pretraining images
         n = sc.n_dense or sc.n
         steps.append(Step('world/dense', _world, dict(n=n, size=sc.size, alt_noise=0.6, val_fraction=0.1, dense=True,
-                                                       seed=1), cost=n / 100))
+                                                       seed=1), cost=n / 300))
     steps += [Step(f'data/{k}', _given, dict(path=p), cost=0) for k, p in (('ade', ade), ('nyu', nyu)) if p]
     return steps, pools, dense
 
@@ -237,12 +239,13 @@ def _pretrain_steps(sc: Scale, tower: str, pools: dict) -> tuple[list[Step], dic
     "`(steps, arms)`: a tower's pretrainings; `arms` maps each label to its step id (None: random init)."
     P, T, first = f'pretrain/{_tower_label(tower)}', _tower_label(tower), next(iter(pools.values()))
     n = max(1, sc.images_seen // sc.clip_batch)
+    clip_s = 5 + 0.45 * n * sc.clip_batch / 128                    # seconds of one CLIP arm on a 2-core CPU
     clip = lambda world, captions, **kw: dict(world=world, tower=tower, captions=captions, steps=n,
                                               batch_size=sc.clip_batch, seed=0, **kw)
     quality = f'{P}/clip-quality'
     alts = {nz: f'{P}/clip-alt' + ('' if nz is None else f'-{nz}') for nz in pools}
-    steps = [Step(quality, _clip, clip(first, 'synthetic'), (first,), n)]
-    steps += [Step(alts[nz], _clip, clip(w, 'alt'), (w,), n) for nz, w in pools.items()]
+    steps = [Step(quality, _clip, clip(first, 'synthetic'), (first,), clip_s)]
+    steps += [Step(alts[nz], _clip, clip(w, 'alt'), (w,), clip_s) for nz, w in pools.items()]
     real = None in pools                                 # a real pool: one alt-text level, nothing to choose
     if not real:
         steps.append(Step(f'choose/{T}', _choose, dict(quality=quality, alts={str(k): v for k, v in alts.items()}),
@@ -250,13 +253,15 @@ def _pretrain_steps(sc: Scale, tower: str, pools: dict) -> tuple[list[Step], dic
     steps.append(Step(f'filter/{T}', _filter, dict(pools={str(k): v for k, v in pools.items()}, scorer=quality,
                                                     tower=tower, top_percent=sc.top_percent,
                                                     choose=None if real else f'choose/{T}'),
-                      (quality, *pools.values()) + (() if real else (f'choose/{T}',)), cost=sc.n / 100))
-    steps.append(Step(f'{P}/clip-filtered', _clip, clip(first, 'alt', keep=f'filter/{T}'), (f'filter/{T}', first), n))
+                      (quality, *pools.values()) + (() if real else (f'choose/{T}',)), cost=sc.n / 400))
+    steps.append(Step(f'{P}/clip-filtered', _clip, clip(first, 'alt', keep=f'filter/{T}'), (f'filter/{T}', first),
+                      clip_s))
     arms = {'clip-quality': quality, **{v.rsplit('/', 1)[1]: v for v in alts.values()},
             'clip-filtered': f'{P}/clip-filtered'}
     for kind in (('mae', 'supervised') if 'vit' in tower.lower() else ('supervised',)):   # MAE needs patches
         steps.append(Step(f'{P}/{kind}', _pretrain, dict(kind=kind, world=first, tower=tower,
-                                                         images_seen=sc.images_seen, seed=0), (first,), n / 3))
+                                                         images_seen=sc.images_seen, seed=0), (first,),
+                          sc.images_seen / 800))
         arms[kind] = f'{P}/{kind}'
     return steps, dict(arms, random=None)
 
@@ -272,9 +277,10 @@ def plan_steps(sc: Scale, towers=None, shards: str | None = None, ade: str | Non
     if sc.probe and not (ade or nyu):                # probes keep every feature map in memory: the miniature only
         steps += [Step(f'probe/{_tower_label(t)}/{label}', _probe, dict(dense=dense, tower=t, fractions=sc.fractions,
                                                                         seeds=sc.seeds, pretrain=pid),
-                       tuple(dict.fromkeys(dense.values())) + ((pid,) if pid else ()), cost=2)
+                       tuple(dict.fromkeys(dense.values())) + ((pid,) if pid else ()), cost=(sc.n_dense or sc.n) / 100)
                   for t in arms for label, pid in arms[t].items()]
     iters = {'seg': sc.seg_iters, 'depth': sc.depth_iters}
+    _ITER_S = {'seg': 0.09, 'depth': 0.07}           # seconds per iteration at batch 8 (tiny ViT, 2-core CPU)
     for f in sc.fractions:                           # all seeds of the full-label runs first
         for s in sc.seeds:
             for task in ('seg', 'depth'):
@@ -282,6 +288,7 @@ def plan_steps(sc: Scale, towers=None, shards: str | None = None, ade: str | Non
                     steps += [Step(f'finetune/{_tower_label(t)}/{label}/{task}/f{f}/s{s}', _finetune,
                                    dict(task=task, world=dense[task], tower=t, fraction=f, seed=s, iters=iters[task],
                                         bs=sc.ft_bs, pretrain=pid),
-                                   (dense[task],) + ((pid,) if pid else ()), iters[task] / 8 * sc.ft_bs / 16)
+                                   (dense[task],) + ((pid,) if pid else ()),
+                                   1.5 + iters[task] * _ITER_S[task] * sc.ft_bs / 8)
                               for label, pid in arms[t].items()]
     return steps

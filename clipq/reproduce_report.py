@@ -4,7 +4,7 @@
 
 # %% ../nbs/11c_reproduce.report.ipynb #d12bb77e
 from __future__ import annotations
-import json, math
+import json, math, shutil
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +192,13 @@ def _choice_line(ch: dict, main: str) -> str:
             f"{ch['quality_R@5']:.3f}) was {rule}; alt-text R@5 by noise: "
             + ', '.join(f'{k}: {v:.3f}' for k, v in ch['alt_R@5'].items()) + '.')
 
+def _copy_predictions(out: Path, res: Path, tower: str):
+    "Example predictions (full labels, first seed) of the quality CLIP and MAE into `res` as pred-<arm>-<task>.png."
+    for arm in ('clip-quality', 'mae'):
+        for task in ('seg', 'depth'):
+            runs = sorted((out/'runs'/'finetune'/tower/arm/task).glob('f1.0/s*/ft/predictions.png'))
+            if runs: shutil.copyfile(runs[0], res/f'pred-{arm}-{task}.png')
+
 def _baseline_line(results: dict) -> str:
     "The constant predictor's scores (the floor every fine-tuning records), averaged over runs."
     b = pd.DataFrame([r['baseline'] for i, r in results.items() if i.startswith('finetune/') and r.get('baseline')])
@@ -215,6 +222,7 @@ def report(out, results: dict, scale: Scale | None = None, failed: dict | None =
         ch = results.get(f'choose/{tower}', {})
         main = f"clip-alt-{ch['noise']}" if 'noise' in ch else 'clip-alt'
         comps.append(comparisons(runs, tower, main).assign(tower=tower))
+        _copy_predictions(Path(out), res, tower)
         plot_fractions(runs, tower, res/f'fractions-{tower}.png'); plt.close('all')
         md += [f'## {tower}: fine-tuning', '', summary_table(runs, tower), '', _baseline_line(results), '',
                _choice_line(ch, main), '', *_gain_lines(comps[-1]), '',

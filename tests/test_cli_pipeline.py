@@ -58,8 +58,8 @@ def _metrics(path: Path) -> dict: return json.loads(path.read_text())
 def seg_run(world, trained, tmp_path_factory):
     "`clipq finetune seg` from the trained CLIP, options on the command line (one epoch of 9 iterations)."
     out = tmp_path_factory.mktemp('seg')/'run'
-    ok(run('finetune', 'seg', world, '--backbone', trained[0]/'model.safetensors', '--bs', 8, '--iters', 9,
-           '--evals', 1, '--out', out, '--quiet'))
+    ok(run('finetune', 'seg', world, '--backbone', trained[0]/'model.safetensors', '--batch-size', 8, '--iters', 9,
+           '--evals', 1, '--out', out, '--no-progress'))
     return out
 
 
@@ -67,8 +67,8 @@ def seg_run(world, trained, tmp_path_factory):
 def depth_run(world, trained, tmp_path_factory):
     "`clipq finetune` for depth, every option from a YAML config but the seed, which the command line overrides."
     d = tmp_path_factory.mktemp('depth')
-    (d/'ft.yaml').write_text(f"task: depth\ndata: {world}\nbackbone: {trained[0]/'model.safetensors'}\nbs: 8\n"
-                             f"iters: 9\nevals: 1\nseed: 5\nquiet: true\nout: {d/'run'}\n")
+    (d/'ft.yaml').write_text(f"task: depth\ndata: {world}\nbackbone: {trained[0]/'model.safetensors'}\nbatch_size: 8\n"
+                             f"iters: 9\nevals: 1\nseed: 5\nprogress: false\nout: {d/'run'}\n")
     ok(run('finetune', '--config', d/'ft.yaml', '--seed', 1))
     return d/'run'
 
@@ -90,7 +90,7 @@ def test_finetune_then_eval(request, world, trained, tmp_path, task, metric):
 
 def test_finetune_runs_the_iterations_asked(world, tmp_path):
     "`--iters` shorter than an epoch of the training set (72 images, batch 8) is honoured."
-    ok(run('finetune', 'seg', world, '--bs', 8, '--iters', 3, '--evals', 1, '--out', tmp_path/'r', '--quiet'))
+    ok(run('finetune', 'seg', world, '--batch-size', 8, '--iters', 3, '--evals', 1, '--out', tmp_path/'r', '--no-progress'))
     assert _metrics(tmp_path/'r'/'metrics.json')['iters'] == 3
 
 
@@ -122,15 +122,11 @@ BAD = [
     ('eval', ['nope', W], 'checkpoint nope does not exist'),
     ('eval', [RUN, W, '--mode', 'bogus'], "mode must be 'whole' or 'slide'"),
     ('eval', [RUN, W, '--fraction', '0'], 'clipq eval: error: unrecognized arguments: --fraction 0'),
-    pytest.param('eval', [RUN, 'nope'], 'nope does not exist', marks=pytest.mark.xfail(strict=True, reason=
-                 "clipq.dense.evaluate checks the class count before the data path: 'the model predicts 10 classes "
-                 "but nope has 150'")),
+    ('eval', [RUN, 'nope'], 'nope does not exist'),
     ('reproduce', ['--fractions', '0'], 'fractions must be in (0, 1], got [0.0]'),
     ('reproduce', ['--scale', 'huge'], "unknown scale 'huge'"),
-    pytest.param('reproduce', ['--shards', 'nope', '--ade', 'nope', '--nyu', 'nope', '--fractions', '1', '--seeds', '0',
-                               '--no-progress'], 'nope does not exist', marks=pytest.mark.xfail(strict=True, reason=
-                 'clipq reproduce checks given data paths only as steps of the plan: exit 1 after the plan '
-                 '(with one bad path of three, after every run that does not need it), not 2 up front')),
+    ('reproduce', ['--shards', 'nope', '--ade', 'nope', '--nyu', 'nope', '--fractions', '1', '--seeds', '0',
+                   '--no-progress'], 'nope does not exist'),
 ]
 
 
@@ -148,8 +144,6 @@ def test_bad_usage_is_one_line_exit_2(request, world, tmp_path, cmd, args, msg):
     assert msg in _error_line(r)
 
 
-@pytest.mark.xfail(strict=True, reason="clipq.dense.evaluate: a misspelt split of a depth data set silently "
-                   "evaluates the test split (list_items maps every split but 'train'/'training' to 'test')")
 def test_eval_refuses_unknown_split(world, depth_run):
     r = run('eval', depth_run/'model.pt', world, '--split', 'bogus', '--out', depth_run.parent/'x')
     assert r.returncode == 2 and 'split' in _error_line(r)
@@ -157,8 +151,8 @@ def test_eval_refuses_unknown_split(world, depth_run):
 
 def test_error_from_a_fastai_callback_is_one_line(world, tmp_path):
     "A bad value found inside training (fastai wraps it in 'Exception occured in ...') is still one clean line."
-    r = run('finetune', 'seg', world, '--schedule', 'bogus', '--bs', 8, '--iters', 9, '--evals', 1, '--out',
-            tmp_path/'o', '--quiet')
+    r = run('finetune', 'seg', world, '--schedule', 'bogus', '--batch-size', 8, '--iters', 9, '--evals', 1, '--out',
+            tmp_path/'o', '--no-progress')
     assert r.returncode == 2
     line = _error_line(r)
     assert "unknown schedule 'bogus'" in line and 'occured' not in line, line
@@ -213,12 +207,9 @@ def test_synth_takes_a_config_file_too(tmp_path):
 
 
 SYNONYMS = {'batch size': {'--batch-size', '--bs'}, 'loader workers': {'--workers', '--num-workers'},
-            'checkpoint cadence': {'--save-every', '--checkpoint-every'}, 'no progress output': {'--no-progress', '--quiet'}}
+            'checkpoint cadence': {'--save-every', '--checkpoint-every'}, 'no progress output': {'--no-progress', '--no-progress'}}
 
 
-@pytest.mark.xfail(strict=True, reason="clipq.dense.finetune/evaluate name options differently from train/score/synth/"
-                   "reproduce: --bs, --num-workers, --checkpoint-every, --quiet (vs --batch-size, --workers, "
-                   "--save-every, --no-progress)")
 def test_option_names_are_consistent_across_subcommands():
     "One concept, one option name, in every subcommand that has it."
     import argparse
@@ -229,8 +220,6 @@ def test_option_names_are_consistent_across_subcommands():
     assert all(len(v) == 1 for v in spelled.values()), spelled
 
 
-@pytest.mark.xfail(strict=True, reason="clipq score reads a `clipq synth` folder's index.parquet as an image-text "
-                   "source ('no image column ... among [key, split, shard, ...]') where clipq train reads its train/ shards")
 def test_score_takes_a_synth_folder_like_train(world, tmp_path):
     "The same data argument means the same data in `clipq train` and `clipq score` (a `clipq synth` folder)."
     r = run('score', world, '--out', tmp_path/'s', '--workers', 0, '--batch-size', 16, '--no-progress')
@@ -239,9 +228,6 @@ def test_score_takes_a_synth_folder_like_train(world, tmp_path):
 
 
 @pytest.mark.timeout(1500)
-@pytest.mark.xfail(strict=True, reason="real-data path of clipq reproduce, with plain shards (no val/ split): "
-                   "reproduce_plan._clip reads clip/eval.csv, which train_clip writes only with a held-out set; "
-                   "mae._pretrain does float(None) on the recorder's missing valid_loss")
 def test_reproduce_real_data_path_on_synthetic_layouts(tmp_path):
     "`clipq reproduce --config` with `shards`/`ade`/`nyu` given: the plan runs on them and writes no synthetic world."
     # 120 train scenes: the scorer-filtered arm keeps 30 % of them, at least one CLIP batch of the smoke scale (32)

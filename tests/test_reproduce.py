@@ -37,3 +37,18 @@ def test_sigkill_then_resume(tmp_path):
     assert len(runs) - 1 == sum(k.startswith('finetune/') for k in after) > 0
     results = json.loads((out/'results'/'runs.json').read_text())
     assert set(results) == set(after)
+
+
+@pytest.mark.timeout(1200)
+def test_mci_tower(tmp_path):
+    """The mobile tower through the whole plan (the `small` scale's second tower, never run on a CPU otherwise): CLIP
+    arms, supervised pretraining (no MAE for a convolutional tower), probes of its multi-scale features, fine-tuning."""
+    out = tmp_path/'r'
+    r = subprocess.run([*CLIPQ, 'reproduce', '--scale', 'smoke', '--towers', 'clipq-tiny-mci', '--fractions', '1',
+                        '--seeds', '0', '--out', str(out), '--no-progress'], capture_output=True, text=True, timeout=1100)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import pandas as pd
+    runs, probes = pd.read_csv(out/'results'/'runs.csv'), pd.read_csv(out/'results'/'probes.csv')
+    arms = {'clip-quality', 'clip-alt-0.0', 'clip-alt-0.6', 'clip-filtered', 'supervised', 'random'}
+    assert set(runs.tower) == {'tiny-mci'} and set(runs.pretrain) == arms and len(runs) == 2 * len(arms)
+    assert set(probes.pretrain) == arms and probes.rmse.notna().any() and probes.mIoU.notna().any()
