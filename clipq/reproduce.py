@@ -17,7 +17,7 @@ __all__ = ['reproduce']
 
 # %% ../nbs/11d_reproduce.ipynb #172273fe
 def reproduce(out: str = 'clipq-reproduce',   # output folder: runs/ (one folder per run) and results/ (tables, plots)
-              scale: str = 'tiny',            # smoke (~2 min, CI) | tiny (default, ~30 min, 2-core CPU) | small (GPU)
+              scale: str = 'tiny',            # smoke (~1 min, CI) | tiny (default, ~26 min, 2-core CPU) | small (GPU)
               towers: list[str] | None = None,       # image towers to compare (default: the scale's)
               fractions: list[float] | None = None,  # label fractions of the fine-tuning sweep (default: the scale's)
               seeds: list[int] | None = None,        # fine-tuning seeds (default: the scale's)

@@ -106,7 +106,7 @@ class Scale:
 SCALES = {
     'smoke': Scale('smoke', n=400, size=32, images_seen=256, fractions=(1.0, 0.5), seeds=(0,), seg_iters=6,
                    depth_iters=6, n_dense=80, clip_batch=32, val_fraction=0.15,
-                   expected='about 2 minutes on a 2-core CPU'),
+                   expected='about a minute on a quiet 2-core CPU'),
     'tiny': Scale('tiny', n=3000, size=64, images_seen=25600, fractions=(1.0, 0.25, 0.1), seeds=(0, 1, 2),
                   seg_iters=120, depth_iters=60, n_dense=720, expected='26 minutes on a quiet 2-core CPU'),
     'small': Scale('small', n=50000, size=128, images_seen=2_000_000, fractions=(1.0, 0.25, 0.1, 0.05), seeds=(0, 1, 2),
