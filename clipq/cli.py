@@ -10,7 +10,7 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['command', 'from_function', 'load_config', 'check_device', 'Parser', 'build_parser', 'one_line', 'main']
+__all__ = ['command', 'from_function', 'load_config', 'Parser', 'build_parser', 'one_line', 'main']
 
 # %% ../nbs/10_cli.ipynb #5a4499b4
 _COMMANDS: dict = {}    # name -> (one-line help, description or None, builder function or 'module:function')
@@ -103,22 +103,6 @@ def _apply_config(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[
     p.set_defaults(**cfg)
     return p.parse_args(argv)
 
-# %% ../nbs/10_cli.ipynb #103b849d
-def check_device(device: str | None) -> str | None:
-    "`device` if this machine has it (None: clipq chooses), else a ValueError that says what is available."
-    if device is None: return None
-    import torch
-    try: d = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device name (e.g. cpu, cuda, cuda:1, mps)") from None
-    if d.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch can use (use --device cpu)")
-    if d.type == 'cuda' and d.index is not None and d.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if d.type == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available here")
-    return device
-
 # %% ../nbs/10_cli.ipynb #62aeef9e
 def _function(target: str):
     mod, fn = target.split(':')
@@ -135,7 +119,9 @@ def _generated(p: argparse.ArgumentParser, target: str):
         kw = {n: getattr(a, n) for n in names}
         if missing := [n for n in required if kw[n] in (None, [])]:
             raise ValueError(f"the following arguments are required: {', '.join(missing)}")
-        if 'device' in kw: check_device(kw['device'])
+        if 'device' in kw:
+            from clipq.core import check_device                  # torch is imported only now
+            check_device(kw['device'])
         return fn(**kw)
     return run
 

@@ -15,7 +15,7 @@ try: import fcntl                 # POSIX file locks (absent on Windows)
 except ImportError: fcntl = None
 
 # %% auto #0
-__all__ = ['default_device', 'autocast_dtype', 'autocast_ctx', 'seed_everything', 'item_rng', 'atomic_write',
+__all__ = ['default_device', 'check_device', 'autocast_dtype', 'autocast_ctx', 'seed_everything', 'item_rng', 'atomic_write',
            'check_writable_dir', 'remove_stale_tmp', 'atomic_dir', 'die_with_parent', 'available_memory',
            'count_params', 'get_logger', 'lazy_reexport']
 
@@ -29,6 +29,22 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     mps = getattr(torch.backends, 'mps', None)
     if mps is not None and mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #e1b22c32
+def check_device(device: str | None) -> str | None:
+    "`device` if this machine has it (None: clipq chooses), else a ValueError that says what is available."
+    if device is None: return None
+    import torch
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device name (e.g. cpu, cuda, cuda:1, mps)") from None
+    if d.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch can use (use cpu)")
+    if d.type == 'cuda' and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if d.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here")
+    return device
 
 # %% ../nbs/00_core.ipynb #c5b3d076
 def autocast_dtype(device: str | torch.device | None = None) -> torch.dtype | None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
-from .core import check_writable_dir
+from .core import check_device, check_writable_dir
 from .scorer import CLIPSCORE_PREFIX, Scorer
 from .scorer_shards import score_shards
 from .scorer_select import _check_select, select, write_selection, write_selected_shards
@@ -28,19 +26,6 @@ def load_references(path) -> dict:
         raise ValueError(f"{path} needs columns 'key' and 'references' (has {list(t)})")
     return {k: [r for r in (v if isinstance(v, list) else [v]) if isinstance(r, str) and r.strip()]
             for k, v in zip(t['key'], t['references'])}
-
-# %% ../nbs/03d_scorer.cli.ipynb #328ad882
-def _check_device(device: str | None):
-    "Refuse a device string torch does not know, or a GPU that is not there, with one line."
-    if device is None: return
-    try: dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU is available")
-    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
-    if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError("device 'mps' is not available")
 
 # %% ../nbs/03d_scorer.cli.ipynb #35997474
 def _is_world(p) -> bool:
@@ -68,7 +53,7 @@ def score(shards: list[str],                  # tar/parquet shards (paths, folde
     "Score every image-caption pair of SHARDS (cosine, CLIPScore) into OUT; a rerun resumes; runs may share OUT."
     if workers < 0: raise ValueError(f"workers must be 0 or more, got {workers}")
     if claim_timeout <= 0: raise ValueError(f"claim_timeout must be positive, got {claim_timeout}")
-    _check_device(device)
+    check_device(device)
     refs = load_references(references) if references else None
     shards = [str(Path(s)/'train') if _is_world(s) else s for s in ([shards] if isinstance(shards, str) else shards)]
     scorer = Scorer.from_name(model, pretrained=pretrained, checkpoint=checkpoint, device=device, seed=seed,
