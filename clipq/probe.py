@@ -4,7 +4,6 @@
 
 # %% ../nbs/11a_reproduce.probe.ipynb #c7f4ea1b
 from __future__ import annotations
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -4,12 +4,11 @@
 
 # %% ../nbs/11b_reproduce.plan.ipynb #2e86f81c
 from __future__ import annotations
-import contextlib, json, logging, math, shutil, time, traceback
+import contextlib, json, logging, shutil, time, traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from .core import atomic_write, get_logger
@@ -213,8 +212,8 @@ def _given(folder: Path, deps: dict, path: str) -> dict:
     "Step: data the user gave (checked to exist)."
     if not Path(path).expanduser().exists() and not any(c in str(path) for c in '*{'):
         raise FileNotFoundError(f"{path} does not exist")
-    synth = (Path(path)/'meta.json').is_file() and (Path(path)/'train').is_dir()   # a `clipq synth` folder
-    return {'path': str(path), 'train': str(Path(path)/'train') if synth else str(path)}
+    from clipq.synth_write import is_world
+    return {'path': str(path), 'train': str(Path(path)/'train') if is_world(path) else str(path)}
 
 def _tower_label(tower: str) -> str: return Path(tower).stem.replace('clipq-tiny-', 'tiny-')
 

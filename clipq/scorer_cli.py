@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from .core import check_device, check_writable_dir
+from .synth_write import is_world
 from .scorer import CLIPSCORE_PREFIX, Scorer
 from .scorer_shards import score_shards
 from .scorer_select import _check_select, select, write_selection, write_selected_shards
@@ -28,11 +29,6 @@ def load_references(path) -> dict:
             for k, v in zip(t['key'], t['references'])}
 
 # %% ../nbs/03d_scorer.cli.ipynb #35997474
-def _is_world(p) -> bool:
-    "A `clipq synth` folder (its `train/` shards are the data, as for `clipq train`)."
-    p = Path(str(p)).expanduser()
-    return p.is_dir() and (p/'meta.json').is_file() and (p/'train').is_dir()
-
 def score(shards: list[str],                  # tar/parquet shards (paths, folders, globs, {a..b}) or a synth folder
           *,
           out: str,                           # output folder: a parquet of scores per shard, settings, summary.json
@@ -55,7 +51,7 @@ def score(shards: list[str],                  # tar/parquet shards (paths, folde
     if claim_timeout <= 0: raise ValueError(f"claim_timeout must be positive, got {claim_timeout}")
     check_device(device)
     refs = load_references(references) if references else None
-    shards = [str(Path(s)/'train') if _is_world(s) else s for s in ([shards] if isinstance(shards, str) else shards)]
+    shards = [str(Path(s)/'train') if is_world(s) else s for s in ([shards] if isinstance(shards, str) else shards)]
     scorer = Scorer.from_name(model, pretrained=pretrained, checkpoint=checkpoint, device=device, seed=seed,
                               prefix=prefix)
     s = score_shards(shards, out, scorer, batch_size=batch_size, workers=workers, references=refs,

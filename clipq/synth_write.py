@@ -17,7 +17,8 @@ from .synth_scenes import CLASSES, COLOURS, TEXTURES, GROUNDS, SKIES, SynthConfi
 from .synth_captions import make_scene, show_scenes
 
 # %% auto #0
-__all__ = ['SYNTH_BYTES_PER_PIXEL', 'FORMATS', 'depth_to_png', 'depth_from_png', 'scene_record', 'synth_memory', 'write_synth']
+__all__ = ['SYNTH_BYTES_PER_PIXEL', 'FORMATS', 'depth_to_png', 'depth_from_png', 'scene_record', 'synth_memory', 'write_synth',
+           'is_world']
 
 # %% ../nbs/02c_synth.write.ipynb #627075d1
 def _png(a: np.ndarray) -> bytes:
@@ -206,3 +207,9 @@ def write_synth(out: str | os.PathLike, n: int = 2000, seed: int = 0, size: int 
     meta['out'] = str(Path(out))
     get_logger('clipq.synth').info('wrote %d scenes (%s) to %s in %.1fs', n, ', '.join(formats), out, meta['seconds'])
     return meta
+
+# %% ../nbs/02c_synth.write.ipynb #063d2b3e
+def is_world(path) -> bool:
+    "True for a folder `write_synth` wrote (its `meta.json` and `train/` shards)."
+    p = Path(str(path)).expanduser()
+    return p.is_dir() and (p/'meta.json').is_file() and (p/'train').is_dir()

@@ -27,6 +27,7 @@ from .train_step import (ClipBatches, ClipForward, ContrastiveAccumulation, Cont
                               LogitScaleClamp, adamw, clip_splitter)
 from .train_eval import ClipEval, clip_metrics, clip_train_flops, synth_zero_shot_set
 from .core import atomic_write, check_writable_dir, get_logger, seed_everything
+from .synth_write import is_world
 
 # %% auto #0
 __all__ = ['clip_learner', 'count_samples', 'resolve_data', 'init_distributed', 'train_clip', 'train_tiny_clip']
@@ -68,8 +69,6 @@ def clip_learner(model: nn.Module, train_dl, valid_dl=None, loss: str = 'clip', 
     return learn
 
 # %% ../nbs/07e_train.ipynb #a4408727
-def _is_synth(p: Path) -> bool: return p.is_dir() and (p/'meta.json').is_file() and (p/'train').is_dir()
-
 def count_samples(shards) -> int:
     "Samples (distinct keys with an image member) in local tar `shards`, from the tar headers only."
     from clipq.data import IMAGE_EXTS
@@ -90,7 +89,7 @@ def resolve_data(data, val=None) -> tuple[list, list, int, bool]:
     "`(train shards, held-out shards, number of training samples, is a synth world)` for the `data`/`val` options."
     from clipq.data import expand_shards
     p = Path(str(data)).expanduser()
-    if _is_synth(p):
+    if is_world(p):
         train = expand_shards(str(p/'train'))
         held = expand_shards(val) if val else (expand_shards(str(p/'val')) if (p/'val').is_dir() else [])
         meta = json.loads((p/'meta.json').read_text())
@@ -98,7 +97,7 @@ def resolve_data(data, val=None) -> tuple[list, list, int, bool]:
     else: train, held, n = expand_shards(data), (expand_shards(val) if val else []), None
     if n is None: n = count_samples(train) if not any('://' in u for u in train) else None
     if n == 0: raise ValueError(f"the training shards of {data} hold no samples (checked {len(train)} shard(s))")
-    return train, held, n, _is_synth(p)
+    return train, held, n, is_world(p)
 
 # %% ../nbs/07e_train.ipynb #684e33e0
 def _check_keep(keep, train: list) -> dict:
