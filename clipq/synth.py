@@ -6,17 +6,17 @@
 __all__ = ['CLASSES', 'COLOURS', 'TEXTURES', 'GROUNDS', 'SKIES', 'SKY_PHRASES', 'SynthConfig', 'SynthObject', 'Scene',
            'render_scene', 'Caption', 'MAX_CAPTION_UNITS', 'caption_units', 'make_captions', 'make_scene',
            'show_scenes', 'FORMATS', 'SYNTH_BYTES_PER_PIXEL', 'synth_memory', 'depth_to_png', 'depth_from_png',
-           'scene_record', 'write_synth']
+           'scene_record', 'write_synth', 'is_world']
 
 # %% ../nbs/02_synth.ipynb #3a477e26
 from .synth_scenes import (CLASSES, COLOURS, TEXTURES, GROUNDS, SKIES, SKY_PHRASES, SynthConfig, SynthObject,
                                 Scene, render_scene)
 from .synth_captions import Caption, MAX_CAPTION_UNITS, caption_units, make_captions, make_scene, show_scenes
 from .synth_write import (FORMATS, SYNTH_BYTES_PER_PIXEL, synth_memory, depth_to_png, depth_from_png,
-                               scene_record, write_synth)
+                               scene_record, write_synth, is_world)
 
 # %% ../nbs/02_synth.ipynb #3e15bb80
 _all_ = ['CLASSES', 'COLOURS', 'TEXTURES', 'GROUNDS', 'SKIES', 'SKY_PHRASES', 'SynthConfig', 'SynthObject', 'Scene',
          'render_scene', 'Caption', 'MAX_CAPTION_UNITS', 'caption_units', 'make_captions', 'make_scene', 'show_scenes',
          'FORMATS', 'SYNTH_BYTES_PER_PIXEL', 'synth_memory', 'depth_to_png', 'depth_from_png', 'scene_record',
-         'write_synth']
+         'write_synth', 'is_world']
