@@ -36,19 +36,19 @@ def n_truncated(tokenizer, texts: list) -> int:
     return int((tokenizer(list(texts))[:, -1] != 0).sum())
 
 # %% ../nbs/01e_data.loaders.ipynb #a974036f
-def _worker_rng(seed: int, epoch: int = 0, stream: int = 0) -> np.random.Generator:
-    "A generator for this (seed, epoch, rank, worker): each epoch and each worker draws differently, reproducibly."
+def _worker_rng(seed: int, epoch: int = 0, stream: int = 0, rep: int = 0) -> np.random.Generator:
+    "A generator for this (seed, epoch, rank, worker, repeat): each draws differently, reproducibly."
     import torch
     wi = torch.utils.data.get_worker_info()
     dist = torch.distributed
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    return item_rng(seed, epoch, rank, wi.id if wi else 0, stream)
+    return item_rng(seed, epoch, rank, wi.id if wi else 0, stream, *([rep] if rep else []))
 
 # %% ../nbs/01e_data.loaders.ipynb #60076425
 class _Decode:
     "Pipeline stage: shard URLs in, `(image_tensor, captions)` out (runs inside each DataLoader worker)."
     def __init__(self, preprocess, captions, keep, seed, tokenizer=None, **decode_kw):
-        self.preprocess, self.mode, self.seed, self.epoch = preprocess, caption_mode(captions), seed, 0
+        self.preprocess, self.mode, self.seed, self.epoch, self.rep = preprocess, caption_mode(captions), seed, 0, 0
         self.keep = None if keep is None else _Keep(keep)
         self.tokenizer, self.truncated, self.decode_kw = tokenizer, 0, decode_kw
     def _count(self, caps: list, url: str, key: str):
@@ -72,7 +72,8 @@ class _Decode:
         self._count(caps, url, s.key)
         return caps
     def __call__(self, src):
-        rng, report = _worker_rng(self.seed, self.epoch), BadSampleReport()
+        rng, report = _worker_rng(self.seed, self.epoch, rep=self.rep), BadSampleReport()
+        self.rep += 1                                 # the stream restarts within an epoch: draw afresh
         for d in src:
             url = d['url'] if isinstance(d, dict) else d
             for s in read_wds(url, report, **self.decode_kw):
@@ -95,10 +96,11 @@ def collate_pairs(batch: list, tokenizer) -> tuple:
 # %% ../nbs/01e_data.loaders.ipynb #72b97451
 class _Shuffle:
     "Pipeline stage: webdataset's buffer shuffle with a generator drawn per (seed, epoch, rank, worker)."
-    def __init__(self, bufsize: int, seed: int): self.bufsize, self.seed, self.epoch = bufsize, seed, 0
+    def __init__(self, bufsize: int, seed: int): self.bufsize, self.seed, self.epoch, self.rep = bufsize, seed, 0, 0
     def __call__(self, src):
         import random, webdataset as wds
-        rng = random.Random(int(_worker_rng(self.seed, self.epoch, stream=1).integers(2**62)))
+        rng = random.Random(int(_worker_rng(self.seed, self.epoch, stream=1, rep=self.rep).integers(2**62)))
+        self.rep += 1
         return wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(src)
 
 # %% ../nbs/01e_data.loaders.ipynb #45d4bce1
@@ -110,7 +112,7 @@ def _epoch_loader(pipe, stages: list, workers: int):
         def set_epoch(self, epoch: int): self.epoch = int(epoch)
         def __iter__(self):
             for st in stages:
-                if isinstance(st, (_Decode, _Shuffle)): st.epoch = self.epoch
+                if isinstance(st, (_Decode, _Shuffle)): st.epoch, st.rep = self.epoch, 0
                 elif isinstance(st, wds.ResampledShards): st.epoch = self.epoch - 1     # it adds one as it starts
             self.epoch += 1
             return super().__iter__()
