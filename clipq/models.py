@@ -206,8 +206,8 @@ def weights_hash(source) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/05a_models.ipynb #f106c154
-def load_clip_weights(model: nn.Module, source, strict: bool = True):
-    "Load a clipq/open_clip checkpoint (path or state dict, any wrapping) into open_clip `model`."
+def load_clip_weights(model: nn.Module, source, strict: bool = True, name=None):
+    "Load a clipq/open_clip checkpoint (path or state dict, any wrapping) into open_clip `model`; errors say `name`."
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
     sd = convert_state_dict(model, read_state_dict(source))
@@ -224,7 +224,7 @@ def load_clip_weights(model: nn.Module, source, strict: bool = True):
     shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if shapes or strict and (missing or unexpected):
         ex = lambda ks: ', '.join(ks[:3]) + (' ...' if len(ks) > 3 else '')
-        where = source if isinstance(source, (str, Path)) else 'the state dict'
+        where = name or (source if isinstance(source, (str, Path)) else 'the state dict')
         raise ValueError(f"checkpoint {where} does not fit the model (a checkpoint of another model?): "
                          f"{len(missing)} missing keys ({ex(missing)}), {len(unexpected)} unexpected "
                          f"({ex(unexpected)}), "
@@ -241,13 +241,15 @@ def _build_clip(name, pretrained, device, seed, cache_dir, strict, kwargs):
     if cfg.get('quick_gelu'): kwargs.setdefault('force_quick_gelu', True)
     pp = {k: cfg[k] for k in ('mean', 'std', 'interpolation', 'resize_mode') if k in cfg}
     if pp: kwargs['force_preprocess_cfg'] = {**pp, **kwargs.get('force_preprocess_cfg', {})}
+    sd = None if src is None else read_state_dict(src)
+    if sd is not None and 'logit_bias' in sd: kwargs.setdefault('init_logit_bias', 0.)   # SigLIP weights: load the bias
     dev = default_device(device)
     build = dev if dev.type == 'meta' else torch.device('cpu')    # seeded init: the same weights whatever the device
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng, _quiet_open_clip():
         if seed is not None: torch.manual_seed(seed)
         model = open_clip.create_model(oc_name, pretrained=None, device=build, **kwargs)
-    if src is not None: load_clip_weights(model, src, strict=strict)
+    if src is not None: load_clip_weights(model, sd, strict=strict, name=src if isinstance(src, (str, Path)) else None)
     return model.to(dev).eval(), oc_name
 
 # %% ../nbs/05a_models.ipynb #bba8f1da
