@@ -204,13 +204,14 @@ def train_clip(data: str,                      # training shards: a `clipq synth
     dev = init_distributed(device)
     rank, ws = world()
     _check_args(batch_size, accum, steps, epochs, lr, warmup, wd, loss, captions, workers, save_every, ws)
+    _precision(precision, dev)
+    train, held, n, synth = resolve_data(data, val)            # the data is checked before an old run is replaced
+    sel = _check_keep(keep, train) if keep else None
     out = Path(out).expanduser()
     cfg = dict(data=str(data), model=model, captions=captions, keep=keep, val=val, batch_size=batch_size, accum=accum,
                steps=steps, epochs=epochs, lr=lr, warmup=warmup, wd=wd, precision=precision, loss=loss, grad_clip=grad_clip,
                seed=seed, workers=workers, world_size=ws)
     resume = _prepare_out(out, resume, overwrite, cfg)
-    train, held, n, synth = resolve_data(data, val)
-    sel = _check_keep(keep, train) if keep else None
     if sel is not None: n = min(n, len(sel)) if n else len(sel)
     if n is None and steps is None: raise ValueError("remote shards cannot be counted: pass --steps")
     spe = max(1, (n or batch_size * steps) // batch_size)
