@@ -121,7 +121,7 @@ def evaluate(checkpoint: str,              # a fine-tuned model: `model.pt` writ
              split: str = 'val',           # 'val' (ADE20k validation / NYUv2 official test) or 'train'
              mode: str = 'auto',           # inference: 'whole', 'slide', or 'auto' (the protocol's: slide for ADE20k)
              flip: bool = False,           # flip test-time augmentation
-             out: str | None = None,       # folder for metrics.json and predictions.png (default: the checkpoint's)
+             out: str | None = None,       # folder for the results (default: eval-DATA-SPLIT next to the model)
              pictures: int = 4,            # example predictions drawn in predictions.png (0: none)
              baseline: bool | None = None, # also score a constant predictor (default: with <= 2000 training items)
              protocol: str = 'auto',       # 'auto' (synthetic world or the real data set's), 'ade20k', 'nyu'
@@ -161,11 +161,12 @@ def evaluate(checkpoint: str,              # a fine-tuned model: `model.pt` writ
     n_train = len(list_items(data, task, 'train'))
     if baseline or (baseline is None and n_train <= 2000):
         res['baseline'] = constant_baseline(data, task, split, protocol)
-    out = Path(out).expanduser() if out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    run = ckpt if ckpt.is_dir() else ckpt.parent
+    out = Path(out).expanduser() if out else run / f"eval-{Path(data).stem}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     if rows: _picture(rows, task, out / 'predictions.png', mean, std)
     _write_json(out / 'metrics.json', res)
-    if progress: print(summary_line(res))
+    if progress: print(f"{summary_line(res)} -> {out}")
     return DenseResult(res)
 
 def summary_line(res: dict) -> str:
@@ -248,7 +249,8 @@ def finetune(task: str,                        # 'seg' (ADE20k-style segmentatio
     "Fine-tune a backbone with a dense head for segmentation or depth, then evaluate it (metrics.json in `out`)."
     config = {k: v for k, v in locals().items()}
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    if iters is not None: _epoch_iters(iters, evals)           # bad iters: fail before anything is read
+    if iters is not None: _epoch_iters(iters, evals)           # bad iters or schedule: fail before anything is read
+    lr_factor(0, 1, schedule=schedule)
     for k, v in (('batch_size', batch_size), ('evals', evals), ('epochs', epochs)):
         if v is not None and v < 1: raise ValueError(f"{k} must be 1 or more, got {v!r}")
     p = data_info(data, task, protocol)
