@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cli.ipynb #3bb2618c
 from __future__ import annotations
-import argparse, importlib, importlib.util, inspect, json, re, signal, sys, threading, typing
+import argparse, importlib, importlib.util, inspect, json, re, signal, sys, threading, typing, warnings
 from pathlib import Path
 
 from . import __version__
@@ -227,9 +227,13 @@ _USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, NotADirectoryErr
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)   # unwinds like Ctrl-C: temporary outputs are removed, nothing half-written stays
 
+_DEPENDENCY_NOISE = (r'`torch\.jit\.script` is deprecated',                     # fastai 2.8.7's layers, at import
+                     r"The 'mode\.chained_assignment' option is deprecated")     # fastai.tabular under pandas 3
+
 def main(argv: list[str] | None = None) -> int:
     "Run `clipq COMMAND ...`: exit status 0 ok, 1 some items failed, 2 bad usage (a one-line message)."
     argv = list(sys.argv[1:] if argv is None else argv)
+    for m in _DEPENDENCY_NOISE: warnings.filterwarnings('ignore', message=m)   # notices users cannot act on
     cmd = next((x for x in argv if not x.startswith('-')), None)
     parser = build_parser(only=cmd)
     a, extra = parser.parse_known_args(argv)
