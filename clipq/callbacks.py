@@ -81,8 +81,8 @@ def load_checkpoint(path) -> dict:
         raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}); "
                          f"delete it to resume from an earlier one") from None
     if not isinstance(ck, dict) or ck.get('format') != 'clipq.checkpoint':
-        raise ValueError(f"{path} is not a clipq training checkpoint (no 'format': 'clipq.checkpoint'); it may hold only "
-                         f"weights: load those with clipq.models.create_clip(name, pretrained=path)")
+        raise ValueError(f"{path} is not a clipq training checkpoint (no 'format': 'clipq.checkpoint'); "
+                         f"it may hold only weights: load those with clipq.models.create_clip(name, pretrained=path)")
     return ck
 
 # %% ../nbs/07a_callbacks.ipynb #a4c932fb
@@ -114,7 +114,7 @@ class _Skip:
         yield from it
 
 def _call_set_epoch(dl, epoch: int):
-    "Tell a loader (or its sampler) which epoch starts: clipq's streaming loaders and `DistributedSampler`s reseed on it."
+    "Tell a loader or its sampler which epoch starts: clipq's streaming loaders and `DistributedSampler`s reseed on it."
     for o in (dl, getattr(dl, 'sampler', None)):
         if hasattr(o, 'set_epoch'): o.set_epoch(epoch); return
 
@@ -128,16 +128,19 @@ def _ck_before_fit(self):
     model = unwrap(self.learn.model)
     try: model.load_state_dict(ck['state_dict'])
     except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit this model ({self.meta.get('model') or type(model).__name__}); "
-                         f"it was written for {ck.get('meta', {}).get('model', 'another model')}:\n{str(e)[:400]}") from None
+        raise ValueError(f"checkpoint {path} does not fit this model "
+                         f"({self.meta.get('model') or type(model).__name__}); it was written for "
+                         f"{ck.get('meta', {}).get('model', 'another model')}:\n{str(e)[:400]}") from None
     if ck.get('optimizer') is not None: self.learn.opt.load_state_dict(_opt_sd(self.learn.opt, ck['optimizer']))
-    if ck.get('scaler') is not None and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(ck['scaler'])
+    if ck.get('scaler') is not None and getattr(self.learn, 'scaler', None) is not None:
+        self.learn.scaler.load_state_dict(ck['scaler'])
     states = ck.get('callbacks', {})
     for cb in self.learn.cbs:
         if hasattr(cb, 'load_state_dict') and cb.name in states: cb.load_state_dict(states[cb.name])
     self.learn.train_iter, self.position = ck['step'], (ck['epoch'], ck['pos'])
     self.ck, self.resumed_from, self.last_saved = ck, path, ck['step']
-    get_logger('clipq.callbacks').info('resuming from %s: step %d, epoch %d, batch %d', path, ck['step'], ck['epoch'], ck['pos'])
+    get_logger('clipq.callbacks').info('resuming from %s: step %d, epoch %d, batch %d', path, ck['step'], ck['epoch'],
+                                       ck['pos'])
 
 # %% ../nbs/07a_callbacks.ipynb #999912af
 def _ck_rng(self, key: str) -> dict:
@@ -156,8 +159,8 @@ def _ck_before_train(self):
     self.offset = 0
     if self.ck is not None and self.epoch == self.position[0]:
         pos, rng, erng, dl = self.position[1], _ck_rng(self, 'rng'), _ck_rng(self, 'epoch_rng'), self.dl
-        self.ck = None                                          # resumed: from here on a normal run
-        if pos > 0:                                             # mid-epoch: replay the epoch's start, skip `pos` batches
+        self.ck = None                                      # resumed: from here on a normal run
+        if pos > 0:                                         # mid-epoch: replay the epoch's start, skip `pos` batches
             self.epoch_rng = erng
             set_rng_state(erng, dl)
             self.learn.dl, self.offset = _Skip(dl, pos, lambda: set_rng_state(rng, dl)), pos
@@ -194,11 +197,12 @@ def _ck_state(self) -> dict:
             'optimizer': _plain(self.learn.opt.state_dict()) if self.learn.opt is not None else None,
             'scaler': scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             'rng': rng, 'epoch_rng': erng, 'meta': self.meta,
-            'callbacks': {cb.name: cb.state_dict() for cb in self.learn.cbs if hasattr(cb, 'state_dict') and hasattr(cb, 'load_state_dict')}}
+            'callbacks': {cb.name: cb.state_dict() for cb in self.learn.cbs
+                          if hasattr(cb, 'state_dict') and hasattr(cb, 'load_state_dict')}}
 
 # %% ../nbs/07a_callbacks.ipynb #41af699a
 def _ck_save(self) -> Path | None:
-    "Write `step_N.pt` (and the weights as safetensors) atomically; returns the file (None on processes other than rank 0)."
+    "Write `step_N.pt` (and the weights as safetensors) atomically; returns the file (None on ranks other than 0)."
     st, self.last_saved = self.state(), self.train_iter
     if not is_main(): return None
     f = self.path/f'step_{self.train_iter:08d}.pt'
@@ -206,7 +210,8 @@ def _ck_save(self) -> Path | None:
     if self.weights:
         from safetensors.torch import save_file
         sd = {k: v.contiguous().clone() for k, v in st['state_dict'].items()}
-        with atomic_write(self.path/self.weights) as tmp: save_file(sd, str(tmp), metadata={'step': str(self.train_iter)})
+        with atomic_write(self.path/self.weights) as tmp:
+            save_file(sd, str(tmp), metadata={'step': str(self.train_iter)})
     for old in list_checkpoints(self.path)[:-self.keep] if self.keep else []: old.unlink(missing_ok=True)
     return f
 
@@ -216,12 +221,14 @@ class Checkpoint(Callback):
     order, run_valid = 55, True
     def __init__(self, path, every: int | None = None, resume=None, keep: int | None = 2,
                  weights: str | None = 'model.safetensors', save_end: bool = True, meta: dict | None = None):
-        if every is not None and every < 1: raise ValueError(f"save every must be a positive number of steps, got {every}")
+        if every is not None and every < 1:
+            raise ValueError(f"save every must be a positive number of steps, got {every}")
         self.path, self.every, self.resume, self.keep = Path(path), every, resume, keep
         self.weights, self.save_end, self.meta = weights, save_end, dict(meta or {})
         self.last_saved, self.resumed_from = None, None
     before_fit, before_epoch, before_train = _ck_before_fit, _ck_before_epoch, _ck_before_train
-    before_validate, after_validate, after_batch, after_fit = _ck_before_validate, _ck_after_validate, _ck_after_batch, _ck_after_fit
+    before_validate, after_validate, after_batch, after_fit = (_ck_before_validate, _ck_after_validate, _ck_after_batch,
+                                                               _ck_after_fit)
     state, save = _ck_state, _ck_save
 
 # %% ../nbs/07a_callbacks.ipynb #b1e897c2
@@ -234,7 +241,7 @@ def _nan_finite(self) -> bool:
     if ok:
         gs = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
         ok = bool(torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in gs]).sum())) if gs else True
-    if world()[1] > 1:                                              # the loss differs per process: decide together
+    if world()[1] > 1:                                          # the loss differs per process: decide together
         t = torch.tensor([0. if ok else 1.], device=self.learn.loss_grad.device); dist.all_reduce(t); ok = t.item() == 0
     return ok
 
@@ -250,13 +257,13 @@ def _nan_before_step(self):
                                       self.train_iter + 1, self.in_a_row, self.n_bad)
     if self.in_a_row >= self.max_bad:
         raise TrainingDiverged(f"{self.in_a_row} consecutive steps with NaN/Inf loss or gradients (up to step "
-                               f"{self.train_iter + 1}): lower the learning rate, use fp32 or bf16 instead of fp16, enable "
-                               f"gradient clipping, or check the data; resume from the last checkpoint")
+                               f"{self.train_iter + 1}): lower the learning rate, use fp32 or bf16 instead of fp16, "
+                               f"enable gradient clipping, or check the data; resume from the last checkpoint")
     raise CancelStepException()
 
 class NaNGuard(Callback):
     "Skip optimiser steps whose loss or gradients are NaN/Inf, count them, stop after `max_bad` in a row."
-    order = 9                                                       # before grad clipping and fastai's MixedPrecision step
+    order = 9                                                   # before grad clipping and fastai's MixedPrecision step
     def __init__(self, max_bad: int = 10): self.max_bad, self.n_bad, self.in_a_row = max_bad, 0, 0
     def state_dict(self) -> dict: return {'n_bad': self.n_bad, 'in_a_row': self.in_a_row}
     def load_state_dict(self, d: dict): self.n_bad, self.in_a_row = d['n_bad'], d['in_a_row']
@@ -271,7 +278,8 @@ class DistributedGrads(Callback):
     def before_fit(self):
         if world()[1] == 1: return
         with torch.no_grad():
-            for t in [*self.learn.model.parameters(), *self.learn.model.buffers()]: dist.broadcast(t.data, 0, group=self.group)
+            for t in [*self.learn.model.parameters(), *self.learn.model.buffers()]:
+                dist.broadcast(t.data, 0, group=self.group)
     def after_backward(self):
         if world()[1] == 1: return
         ps = [p for p in self.learn.model.parameters() if p.requires_grad]

@@ -50,7 +50,8 @@ def _world_shards(data, split: str) -> tuple[list, list | None]:
         classes = [c for c in json.loads((p/'meta.json').read_text()).get('classes', []) if c != 'background'] or None
         if not (p/split).is_dir(): raise FileNotFoundError(f"{p} has no {split}/ shards")
         return expand_shards(p/split), classes
-    if split != 'train': raise FileNotFoundError(f"{data} is a shard list, not a `clipq synth` folder: no {split} split")
+    if split != 'train':
+        raise FileNotFoundError(f"{data} is a shard list, not a `clipq synth` folder: no {split} split")
     return expand_shards(data), None
 
 # %% ../nbs/09b_mae.data.ipynb #05c3fd40

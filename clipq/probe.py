@@ -55,7 +55,8 @@ def extract(backbone: DenseBackbone, data, task: str, split: str = 'train', prot
     for i in range(0, len(ds), bs):
         imgs, tgts = zip(*(ds[j] for j in range(i, min(i + bs, len(ds)))))
         same = len({t.shape for t in imgs}) == 1
-        fs = probe_features(backbone, torch.stack(imgs)) if same else [probe_features(backbone, m[None])[0] for m in imgs]
+        fs = (probe_features(backbone, torch.stack(imgs)) if same
+              else [probe_features(backbone, m[None])[0] for m in imgs])
         feats += list(fs); targets += [t if task == 'seg' else t[0] for t in tgts]
     return ProbeData(feats, targets)
 
@@ -81,7 +82,7 @@ def _design(X: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch.Tensor
     return torch.cat([(X - mu) / sd, torch.ones(len(X), 1)], 1)
 
 def fit_probe(X: torch.Tensor, Y: torch.Tensor, task: str, l2: float = 1e-4, max_iter: int = 200) -> dict:
-    "A linear read-out of rows `X` (n, C): softmax regression on class shares `Y` (n, K) or ridge on log-depth `Y` (n,)."
+    "Linear read-out of rows `X` (n, C): softmax regression on class shares `Y` (n, K) or ridge on log-depth `Y` (n,)."
     X = X.double()
     mu, sd = X.mean(0), X.std(0).clamp_min(1e-6)
     A = _design(X, mu, sd)

@@ -28,7 +28,7 @@ def _session_dir() -> Path:
 # %% ../nbs/97_test_utils.ipynb #97d73276
 def tiny_world(n: int = 48, size: int = 32, shard_size: int = 12, val_fraction: float = 0.25, seed: int = 0,
                formats=('wds',), **kw) -> Path:
-    "A small synthetic world (see `clipq.synth.write_synth`), written once per process and arguments; returns its folder."
+    "A small synthetic world (`clipq.synth.write_synth`), written once per process and arguments; returns its folder."
     from clipq.synth import write_synth
     key = json.dumps([n, size, shard_size, val_fraction, seed, sorted(formats), sorted(kw.items())], default=str)
     if key not in _WORLDS:
@@ -75,7 +75,8 @@ _r0 = _rss()
 
 def peak_rss_mb(code: str, setup: str = 'import torch', timeout: float = 600) -> float:
     "Peak resident memory (MB) that `code` adds, run after `setup` in a fresh Python process (Linux)."
-    src = '\n'.join([textwrap.dedent(setup), _PROBE, textwrap.dedent(code), 'print(f"\\nPEAK {(_hwm() - _r0)/2**20:.3f}")'])
+    src = '\n'.join([textwrap.dedent(setup), _PROBE, textwrap.dedent(code),
+                     'print(f"\\nPEAK {(_hwm() - _r0)/2**20:.3f}")'])
     r = subprocess.run([sys.executable, '-c', src], capture_output=True, text=True, timeout=timeout)
     if r.returncode: raise RuntimeError(f"peak_rss_mb: the code failed:\n{r.stderr[-2000:]}")
     return float(r.stdout.rsplit('PEAK ', 1)[1])

@@ -16,7 +16,8 @@ from fastai.callback.training import GradientClip
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 
-from .callbacks import *                                       # noqa: F403  (re-exported: clipq.train is the front door)
+# re-exported: clipq.train is the front door
+from .callbacks import *                                       # noqa: F403
 from .train_log import *                                       # noqa: F403
 from .train_step import *                                      # noqa: F403
 from .train_eval import *                                      # noqa: F403
@@ -35,17 +36,20 @@ __all__ = ['clip_learner', 'count_samples', 'resolve_data', 'init_distributed', 
 # %% ../nbs/07e_train.ipynb #d8a8b64c
 def _precision(precision: str, device: torch.device) -> str:
     "'bf16' or 'fp32' for the `precision` option on `device` (bf16 autocast needs a GPU)."
-    if precision not in ('auto', 'bf16', 'fp32'): raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision not in ('auto', 'bf16', 'fp32'):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if precision == 'auto': return 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
-    if precision == 'bf16' and device.type != 'cuda': raise ValueError("precision bf16 needs a CUDA GPU: use fp32 (or auto) on CPU")
+    if precision == 'bf16' and device.type != 'cuda':
+        raise ValueError("precision bf16 needs a CUDA GPU: use fp32 (or auto) on CPU")
     return precision
 
 # %% ../nbs/07e_train.ipynb #36949229
 def clip_learner(model: nn.Module, train_dl, valid_dl=None, loss: str = 'clip', lr: float = 5e-4, wd: float = 0.2,
                  warmup: int = 0, total_steps: int | None = None, accum: int = 1, precision: str = 'auto',
-                 grad_clip: float | None = None, betas=(0.9, 0.98), eps: float = 1e-6, max_bad: int = 10, impl: str = 'auto',
-                 out=None, save_every: int | None = None, resume=None, zero_shot=None, tokenizer=None,
-                 log_every: int = 0, meta: dict | None = None, opt_func=None, cbs=None, **kwargs) -> Learner:
+                 grad_clip: float | None = None, betas=(0.9, 0.98), eps: float = 1e-6, max_bad: int = 10,
+                 impl: str = 'auto', out=None, save_every: int | None = None, resume=None, zero_shot=None,
+                 tokenizer=None, log_every: int = 0, meta: dict | None = None, opt_func=None, cbs=None,
+                 **kwargs) -> Learner:
     "A fastai `Learner` for contrastive pretraining of open_clip `model` (see the list of callbacks above)."
     dev = next(model.parameters()).device
     prec = _precision(precision, dev)
@@ -53,7 +57,8 @@ def clip_learner(model: nn.Module, train_dl, valid_dl=None, loss: str = 'clip', 
     vdl = [] if valid_dl is None else valid_dl if isinstance(valid_dl, ClipBatches) else ClipBatches(valid_dl)
     ev = ClipEval(zero_shot, tokenizer)
     cb = [CosineSchedule(lr, warmup, total_steps), LogitScaleClamp(), NaNGuard(max_bad), ev, Throughput(
-          clip_train_flops(model, model.visual.image_size, getattr(model, 'context_length', 77), accum) if dev.type == 'cuda' else None)]
+          clip_train_flops(model, model.visual.image_size, getattr(model, 'context_length', 77), accum)
+          if dev.type == 'cuda' else None)]
     if accum > 1: cb.append(ContrastiveAccumulation(accum))
     if prec == 'bf16': cb.append(MixedPrecision(amp_mode='bf16'))
     if grad_clip: cb.append(GradientClip(grad_clip))
@@ -61,10 +66,11 @@ def clip_learner(model: nn.Module, train_dl, valid_dl=None, loss: str = 'clip', 
     if log_every: cb.append(StepProgress(log_every))
     if out is not None:
         cb += [CSVLog(out), TensorBoardLog(f'{out}/tb')]
-        cb.append(Checkpoint(f'{out}/checkpoints', every=save_every, resume=resume, meta=meta, weights='../model.safetensors'))
+        cb.append(Checkpoint(f'{out}/checkpoints', every=save_every, resume=resume, meta=meta,
+                             weights='../model.safetensors'))
     learn = Learner(DataLoaders(tdl, vdl, device=dev), ClipForward(model), loss_func=ContrastiveLoss(loss, impl),
-                    opt_func=opt_func or adamw(betas, eps), lr=lr, wd=[wd, 0.], splitter=clip_splitter, metrics=clip_metrics(ev),
-                    cbs=cb + list(cbs or []), **kwargs)
+                    opt_func=opt_func or adamw(betas, eps), lr=lr, wd=[wd, 0.], splitter=clip_splitter,
+                    metrics=clip_metrics(ev), cbs=cb + list(cbs or []), **kwargs)
     learn.clip_eval = ev
     return learn
 
@@ -79,8 +85,9 @@ def count_samples(shards) -> int:
             with tarfile.open(u, 'r:*') as tf:
                 for m in tf:
                     base = m.name.rsplit('/', 1)[-1]
-                    if m.isfile() and '.' in base and base.split('.', 1)[1].lower() in IMAGE_EXTS: keys.add(m.name.split('.', 1)[0])
-        except (tarfile.TarError, OSError, EOFError): pass              # unreadable or truncated: counted as far as it reads
+                    if m.isfile() and '.' in base and base.split('.', 1)[1].lower() in IMAGE_EXTS:
+                        keys.add(m.name.split('.', 1)[0])
+        except (tarfile.TarError, OSError, EOFError): pass  # unreadable or truncated: counted as far as it reads
         n += len(keys)
     return n
 
@@ -144,10 +151,10 @@ def _check_args(batch_size, accum, steps, epochs, lr, warmup, wd, loss, captions
     caption_mode(captions)
 
 # %% ../nbs/07e_train.ipynb #f5b2b9a7
-_OURS = {'config.json', 'log.csv', 'eval.csv', 'tb', 'checkpoints'}        # what a run writes before its first checkpoint
+_OURS = {'config.json', 'log.csv', 'eval.csv', 'tb', 'checkpoints'}  # what a run writes before its first checkpoint
 
 def _prepare_out(out: Path, resume, overwrite: bool, config: dict):
-    "Check the output folder against `resume`/`overwrite` (and a resumed run's settings) before any work; the resume to use."
+    "Check the output folder against `resume`/`overwrite` (and a resumed run's settings) up front; the resume to use."
     if resume == 'auto':                                        # continue if there is a checkpoint, else start afresh
         if list_checkpoints(out/'checkpoints'): resume = 'latest'
         else:
@@ -159,7 +166,8 @@ def _prepare_out(out: Path, resume, overwrite: bool, config: dict):
         if old.get('model', config['model']) != config['model']:
             raise ValueError(f"the checkpoint in {out} is of model {old['model']!r}, not {config['model']!r}")
         diff = {k: (old[k], config[k]) for k in _SAME_ON_RESUME if k in old and old[k] != config[k]}
-        if diff: raise ValueError("resume with the settings of the run: " + ', '.join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        if diff: raise ValueError("resume with the settings of the run: "
+                                  + ', '.join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
         return resume
     check_writable_dir(out, overwrite)
     if overwrite and out.exists() and is_main(): shutil.rmtree(out)
@@ -176,10 +184,10 @@ def _clip_and_transforms(name: str, loss: str, device, seed: int):
     return model, pre_train, pre_eval, tok
 
 # %% ../nbs/07e_train.ipynb #660a3865
-def train_clip(data: str,                      # training shards: a `clipq synth` folder, tar files, folders, globs, {a..b} patterns
+def train_clip(data: str,                      # training shards: a `clipq synth` folder, tars, folders, globs, {a..b}
                model: str = 'clipq-tiny-vit',  # open_clip model name (clipq-tiny-vit, ViT-B-16, ...) or a config .json
-               captions: str = 'alt',          # caption source: alt | synthetic | all (multi-caption loss) | synthetic ratio in [0, 1]
-               keep: str | None = None,        # selection parquet from `clipq filter`: train only on its samples/captions
+               captions: str = 'alt',          # alt | synthetic | all (multi-caption loss) | synthetic ratio in [0, 1]
+               keep: str | None = None,        # selection parquet of `clipq filter`: train only on its samples/captions
                val: str | None = None,         # held-out shards for retrieval eval (default: a synth folder's val/)
                batch_size: int = 64,           # global batch size (all processes and micro-batches together)
                accum: int = 1,                 # micro-batches per batch, exact contrastive accumulation (GradCache)
@@ -195,12 +203,12 @@ def train_clip(data: str,                      # training shards: a `clipq synth
                workers: int = 2,               # data loading processes per training process
                out: str = 'clipq-train',       # output folder: config, logs, checkpoints, model.safetensors
                save_every: int | None = None,  # also checkpoint every N steps (always at the end)
-               resume: str | None = None,      # continue a run: latest (newest checkpoint in OUT), auto (latest if any), or a file
+               resume: str | None = None,      # continue a run: latest (newest in OUT), auto (latest if any), or a file
                overwrite: bool = False,        # replace what is in OUT
                log_every: int = 50,            # print a progress line every N steps (0: never)
                device: str | None = None,      # cpu, cuda, cuda:1 (default: the GPU of this process if any)
                ) -> int:                       # exit status: 0 trained, 1 stopped (NaN/Inf losses)
-    "Pretrain a CLIP on image–caption shards (contrastive or SigLIP loss) with exact accumulation, DDP and exact resume."
+    "Pretrain CLIP on image–caption shards (contrastive or SigLIP loss) with exact accumulation, DDP and exact resume."
     dev = init_distributed(device)
     rank, ws = world()
     _check_args(batch_size, accum, steps, epochs, lr, warmup, wd, loss, captions, workers, save_every, ws)
@@ -209,13 +217,14 @@ def train_clip(data: str,                      # training shards: a `clipq synth
     sel = _check_keep(keep, train) if keep else None
     out = Path(out).expanduser()
     cfg = dict(data=str(data), model=model, captions=captions, keep=keep, val=val, batch_size=batch_size, accum=accum,
-               steps=steps, epochs=epochs, lr=lr, warmup=warmup, wd=wd, precision=precision, loss=loss, grad_clip=grad_clip,
-               seed=seed, workers=workers, world_size=ws)
+               steps=steps, epochs=epochs, lr=lr, warmup=warmup, wd=wd, precision=precision, loss=loss,
+               grad_clip=grad_clip, seed=seed, workers=workers, world_size=ws)
     resume = _prepare_out(out, resume, overwrite, cfg)
     if sel is not None: n = min(n, len(sel)) if n else len(sel)
     if n is None and steps is None: raise ValueError("remote shards cannot be counted: pass --steps")
     spe = max(1, (n or batch_size * steps) // batch_size)
-    if n is not None and n < batch_size: raise ValueError(f"{n} training samples are fewer than one batch of {batch_size}")
+    if n is not None and n < batch_size:
+        raise ValueError(f"{n} training samples are fewer than one batch of {batch_size}")
     total = steps or spe * epochs
     return _run(cfg, out, dev, train, held, sel, spe, total, synth, resume, save_every, log_every)
 
@@ -241,7 +250,8 @@ def _run(cfg, out, dev, train, held, sel, spe, total, synth, resume, save_every,
     zs = synth_zero_shot_set(held, pre_eval, max_n=500) if synth and held else None
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out/'config.json') as tmp: tmp.write_text(json.dumps(dict(cfg, steps_per_epoch=spe, total_steps=total), indent=1))
+        with atomic_write(out/'config.json') as tmp:
+            tmp.write_text(json.dumps(dict(cfg, steps_per_epoch=spe, total_steps=total), indent=1))
     learn = clip_learner(model, ClipBatches(tdl, spe, total), vdl, loss=cfg['loss'], lr=cfg['lr'], wd=cfg['wd'],
                          warmup=cfg['warmup'], total_steps=total, accum=cfg['accum'], precision=cfg['precision'],
                          grad_clip=cfg['grad_clip'], out=out, save_every=save_every, resume=resume, zero_shot=zs,
@@ -272,7 +282,8 @@ def train_tiny_clip(out, n: int = 1100, steps: int = 150, batch_size: int = 32, 
     "Write a synth world of `n` scenes to `out/world` and train clipq-tiny-vit on its quality captions into `out/run`."
     from clipq.synth import write_synth
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()) and not overwrite: raise FileExistsError(f"{out} exists (pass overwrite=True)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite=True)")
     write_synth(out/'world', n=n, size=32, shard_size=100, val_fraction=min(100, n // 4) / n, seed=seed, workers=1,
                 formats=('wds',), progress=False, preview=False, overwrite=True)
     args = dict(captions='synthetic', batch_size=batch_size, steps=steps, lr=1e-3, warmup=15, wd=0.1, workers=2,

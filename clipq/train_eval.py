@@ -48,7 +48,8 @@ SYNTH_TEMPLATES = ('a photo of a {}.', 'a {}.', 'a {} on the ground.', 'one {} i
 def zero_shot_classifier(model: nn.Module, tokenizer, classnames, templates=SYNTH_TEMPLATES) -> torch.Tensor:
     "(C, D) normalised class embeddings: the mean text embedding of each class's prompts."
     m = unwrap(model); dev = next(m.parameters()).device
-    ws = [m.encode_text(tokenizer([t.format(c) for t in templates]).to(dev), normalize=True).mean(0) for c in classnames]
+    ws = [m.encode_text(tokenizer([t.format(c) for t in templates]).to(dev), normalize=True).mean(0)
+          for c in classnames]
     return torch.nn.functional.normalize(torch.stack(ws), dim=-1)
 
 @torch.no_grad()
@@ -77,13 +78,14 @@ def _ev_after_validate(self):
     r['valid_loss'] = self.loss_sum / max(1, self.n)
     if self.zero_shot is not None:
         x, y, classes = self.zero_shot
-        r['zeroshot_top1'] = zero_shot_accuracy(self.learn.model, x, y, zero_shot_classifier(self.learn.model, self.tokenizer, classes, self.templates))
+        r['zeroshot_top1'] = zero_shot_accuracy(
+            self.learn.model, x, y, zero_shot_classifier(self.learn.model, self.tokenizer, classes, self.templates))
     self.results = r
     self.learn.__dict__.setdefault('eval_log', {}).update(r)
 
 # %% ../nbs/07d_train_eval.ipynb #cd3d3116
 class ClipEval(Callback):
-    "Held-out retrieval R@1/5/10 + mean rank (open_clip's definitions), validation loss and zero-shot accuracy per pass."
+    "Held-out retrieval R@1/5/10 + mean rank (open_clip's definitions), validation loss, zero-shot accuracy per pass."
     order = 45                                                   # before fastai's Recorder reads the metrics
     def __init__(self, zero_shot: tuple | None = None, tokenizer=None, templates=SYNTH_TEMPLATES):
         self.zero_shot, self.tokenizer, self.templates, self.results = zero_shot, tokenizer, templates, {}
@@ -95,7 +97,8 @@ class ClipEval(Callback):
         if self.training: return
         p = self.pred
         t = p['text_features']
-        self.img.append(p['image_features'].detach().float().cpu()); self.txt.append((t[:, 0] if t.ndim == 3 else t).detach().float().cpu())
+        self.img.append(p['image_features'].detach().float().cpu())
+        self.txt.append((t[:, 0] if t.ndim == 3 else t).detach().float().cpu())
         self.loss_sum += float(self.loss) * len(t); self.n += len(t)
     after_validate = _ev_after_validate
 
@@ -116,7 +119,8 @@ def clip_metrics(ev: ClipEval) -> list:
     return ms + ([EvalValue(ev, 'zeroshot_top1', 'zeroshot')] if ev.zero_shot is not None else [])
 
 # %% ../nbs/07d_train_eval.ipynb #7fc864a7
-def clip_train_flops(model: nn.Module, image_size: int | tuple, context_length: int = 77, micro_batches: int = 1) -> float:
+def clip_train_flops(model: nn.Module, image_size: int | tuple, context_length: int = 77,
+                     micro_batches: int = 1) -> float:
     "Training FLOPs per image–caption pair of open_clip `model` (3× one forward; 4× with GradCache)."
     from torch.utils.flop_counter import FlopCounterMode
     m = unwrap(model); dev = next(m.parameters()).device

@@ -55,7 +55,8 @@ def _csv_after_batch(self):
 
 def _csv_after_epoch(self):
     if self.learn.eval_log and is_main():
-        _csv_write(self, self.eval_fname, {'step': self.train_iter, 'epoch': self.epoch, **{k: _num(v) for k, v in self.learn.eval_log.items()}})
+        _csv_write(self, self.eval_fname, {'step': self.train_iter, 'epoch': self.epoch,
+                                           **{k: _num(v) for k, v in self.learn.eval_log.items()}})
     self.learn.eval_log = {}
 
 # %% ../nbs/07b_train_log.ipynb #a21c6697
@@ -92,14 +93,17 @@ class TensorBoardLog(Callback):
     def __init__(self, path): self.path, self.writer = Path(path), None
     def before_fit(self):
         self.writer = _summary_writer(self.path) if is_main() else None
-        if self.writer is None and is_main(): get_logger('clipq.callbacks').info('tensorboard is not installed: no TensorBoard log')
+        if self.writer is None and is_main():
+            get_logger('clipq.callbacks').info('tensorboard is not installed: no TensorBoard log')
     def after_batch(self):
         if self.writer is None or not self.training: return
         self.writer.add_scalar('train/loss', self.learn.loss.detach().item(), self.train_iter)
-        for k, v in getattr(self.learn, 'step_log', {}).items(): self.writer.add_scalar(f'train/{k}', float(_num(v)), self.train_iter)
+        for k, v in getattr(self.learn, 'step_log', {}).items():
+            self.writer.add_scalar(f'train/{k}', float(_num(v)), self.train_iter)
     def after_epoch(self):
         if self.writer is None: return
-        for k, v in getattr(self.learn, 'eval_log', {}).items(): self.writer.add_scalar(f'eval/{k}', float(_num(v)), self.train_iter)
+        for k, v in getattr(self.learn, 'eval_log', {}).items():
+            self.writer.add_scalar(f'eval/{k}', float(_num(v)), self.train_iter)
         self.writer.flush()
     def after_fit(self):
         if self.writer is not None: self.writer.close(); self.writer = None

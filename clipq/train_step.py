@@ -47,7 +47,7 @@ class ClipBatches:
 
 # %% ../nbs/07c_train_step.ipynb #6dea8cf1
 class ClipForward(nn.Module):
-    "fastai's model for contrastive training: `(images, tokens)` → features, `logit_scale` (and `logit_bias`) of `module`."
+    "fastai model for contrastive training: `(images, tokens)` → features, `logit_scale` (+ `logit_bias`) of `module`."
     def __init__(self, module: nn.Module, micro_batches: int = 1):
         super().__init__()
         self.module, self.micro_batches = module, micro_batches
@@ -71,14 +71,15 @@ class ClipForward(nn.Module):
 
 # %% ../nbs/07c_train_step.ipynb #3edf2cd8
 class ContrastiveLoss:
-    "fastai loss `(pred, labels)` → CLIP (`kind='clip'`) or SigLIP loss of the global batch; K captions: mean over them."
+    "fastai loss `(pred, labels)` → CLIP (`kind='clip'`) or SigLIP loss of the global batch; K captions: their mean."
     def __init__(self, kind: str = 'clip', impl: str = 'auto', weights=None):
         if kind not in ('clip', 'siglip'): raise ValueError(f"loss must be 'clip' or 'siglip', got {kind!r}")
         self.kind, self.impl, self.weights = kind, impl, weights
 
     def __call__(self, pred: dict, labels=None) -> torch.Tensor:
         img, txt, s = pred['image_features'], pred['text_features'], pred['logit_scale']
-        local = world()[1] == 1 or not torch.is_grad_enabled()   # evaluation: each process its own batches, no collective
+        # evaluation: each process its own batches, no collective
+        local = world()[1] == 1 or not torch.is_grad_enabled()
         if txt.ndim == 3 and (self.kind == 'siglip' or not local):
             ls = [self(dict(pred, text_features=txt[:, j])) for j in range(txt.shape[1])]
             w = self.weights or [1.] * len(ls)
@@ -109,7 +110,7 @@ def _replay(snap, device: torch.device, autocast: tuple):
 
 # %% ../nbs/07c_train_step.ipynb #667b8d33
 class _CachedEmbed(torch.autograd.Function):
-    "GradCache: forward embeds micro-batches without graphs; backward re-embeds each with a graph and backprops its rows."
+    "GradCache: forward embeds micro-batches graph-free; backward re-embeds each with a graph and backprops its rows."
     @staticmethod
     def forward(ctx, embed, n: int, images, tokens, anchor):
         dev = images.device
@@ -151,7 +152,8 @@ class ContrastiveAccumulation(Callback):
     def _model(self) -> ClipForward:
         m = self.learn.model
         while not isinstance(m, ClipForward) and isinstance(getattr(m, 'module', None), nn.Module): m = m.module
-        if not isinstance(m, ClipForward): raise TypeError("ContrastiveAccumulation needs a ClipForward model (clip_learner)")
+        if not isinstance(m, ClipForward):
+            raise TypeError("ContrastiveAccumulation needs a ClipForward model (clip_learner)")
         return m
 
 # %% ../nbs/07c_train_step.ipynb #61702146
@@ -174,15 +176,16 @@ def adamw(betas=(0.9, 0.98), eps: float = 1e-6):
 
 # %% ../nbs/07c_train_step.ipynb #0bddc108
 def cosine_lr(step: int, lr: float, warmup: int, total: int) -> float:
-    "open_clip's `cosine_lr` at `step` (0-based): linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."
+    "open_clip's `cosine_lr` at `step` (0-based): linear warm-up for `warmup` steps, then cosine decay to 0 at `total`."
     if step < warmup: return lr * (step + 1) / warmup
     e, es = step - warmup, max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(e, es) / es)) * lr
 
 class CosineSchedule(Callback):
-    "Set the optimiser's lr to `cosine_lr(step, lr, warmup, total)` before each training batch (`total`: the whole fit)."
+    "Set the optimiser lr to `cosine_lr(step, lr, warmup, total)` before each training batch (`total`: the whole fit)."
     order = 1
-    def __init__(self, lr: float, warmup: int = 0, total: int | None = None): self.lr, self.warmup, self.total = lr, warmup, total
+    def __init__(self, lr: float, warmup: int = 0, total: int | None = None):
+        self.lr, self.warmup, self.total = lr, warmup, total
     def before_fit(self):
         self.n = self.total or getattr(self.dls.train, 'total_steps', None) or self.n_epoch * len(self.dls.train)
     def before_batch(self):
