@@ -7,7 +7,7 @@ __all__ = ['ALT', 'IMAGE_EXTS', 'BAD_KINDS', 'MAX_PIXELS', 'Sample', 'BadSample'
            'decode_image', 'decode_group', 'expand_shards', 'read_wds', 'write_tar', 'sample_members', 'write_shards',
            'IMAGE_COLS', 'CAPTION_COLS', 'KEY_COLS', 'ALT_COLS', 'decode_row', 'read_parquet', 'read_hf', 'read_folder',
            'read_samples', 'CAPTION_MODES', 'caption_mode', 'pick_captions', 'norm_shard', 'load_keep',
-           'transform_size', 'n_truncated', 'collate_pairs', 'train_loader']
+           'transform_size', 'n_truncated', 'tokenize_counted', 'collate_pairs', 'train_loader']
 
 # %% ../nbs/01_data.ipynb #f225c6fb
 from .data_samples import (ALT, IMAGE_EXTS, BAD_KINDS, MAX_PIXELS, Sample, BadSample, BadSampleReport,
@@ -16,11 +16,11 @@ from .data_shards import expand_shards, read_wds, write_tar, sample_members, wri
 from .data_sources import (IMAGE_COLS, CAPTION_COLS, KEY_COLS, ALT_COLS, decode_row, read_parquet, read_hf,
                                 read_folder, read_samples)
 from .data_select import CAPTION_MODES, caption_mode, pick_captions, norm_shard, load_keep
-from .data_loaders import transform_size, n_truncated, collate_pairs, train_loader
+from .data_loaders import transform_size, n_truncated, tokenize_counted, collate_pairs, train_loader
 
 # %% ../nbs/01_data.ipynb #e858545b
 _all_ = ['ALT', 'IMAGE_EXTS', 'BAD_KINDS', 'MAX_PIXELS', 'Sample', 'BadSample', 'BadSampleReport', 'ImageTooLarge',
          'decode_image', 'decode_group', 'expand_shards', 'read_wds', 'write_tar', 'sample_members', 'write_shards',
          'IMAGE_COLS', 'CAPTION_COLS', 'KEY_COLS', 'ALT_COLS', 'decode_row', 'read_parquet', 'read_hf', 'read_folder',
          'read_samples', 'CAPTION_MODES', 'caption_mode', 'pick_captions', 'norm_shard', 'load_keep', 'transform_size',
-         'n_truncated', 'collate_pairs', 'train_loader']
+         'n_truncated', 'tokenize_counted', 'collate_pairs', 'train_loader']

@@ -14,7 +14,7 @@ from .data_shards import expand_shards, read_wds
 from .data_select import caption_mode, pick_captions, load_keep, _Keep, _NOT_KEPT
 
 # %% auto #0
-__all__ = ['transform_size', 'n_truncated', 'collate_pairs', 'train_loader']
+__all__ = ['transform_size', 'n_truncated', 'tokenize_counted', 'collate_pairs', 'train_loader']
 
 # %% ../nbs/01e_data.loaders.ipynb #0458329e
 def transform_size(preprocess) -> int | None:
@@ -35,6 +35,18 @@ def n_truncated(tokenizer, texts: list) -> int:
     if hasattr(tokenizer, 'encode'): return sum(len(tokenizer.encode(t)) + 2 > L for t in texts)   # + start and end
     return int((tokenizer(list(texts))[:, -1] != 0).sum())
 
+# %% ../nbs/01e_data.loaders.ipynb #459702bb
+def tokenize_counted(tokenizer, texts: list) -> tuple:
+    "`(tokenizer(texts), n_truncated(tokenizer, texts))`, each text encoded once for open_clip's BPE tokenizer."
+    import torch
+    L, sot, eot = (getattr(tokenizer, k, None) for k in ('context_length', 'sot_token_id', 'eot_token_id'))
+    if not hasattr(tokenizer, 'encode') or None in (L, sot, eot) or getattr(tokenizer, 'reduction_fn', None):
+        return tokenizer(list(texts)), n_truncated(tokenizer, texts)
+    ids = [[sot, *tokenizer.encode(t), eot] for t in texts]
+    out = torch.zeros(len(ids), L, dtype=torch.long)
+    for row, t in zip(out, ids): row[:min(L, len(t))] = torch.tensor(t[:L - 1] + [eot] if len(t) > L else t)
+    return out, sum(len(t) > L for t in ids)
+
 # %% ../nbs/01e_data.loaders.ipynb #a974036f
 def _worker_rng(seed: int, epoch: int = 0, stream: int = 0, rep: int = 0) -> np.random.Generator:
     "A generator for this (seed, epoch, rank, worker, repeat): each draws differently, reproducibly."
@@ -46,17 +58,20 @@ def _worker_rng(seed: int, epoch: int = 0, stream: int = 0, rep: int = 0) -> np.
 
 # %% ../nbs/01e_data.loaders.ipynb #60076425
 class _Decode:
-    "Pipeline stage: shard URLs in, `(image_tensor, captions)` out (runs inside each DataLoader worker)."
+    "Pipeline stage: shard URLs in, `(image, captions)` out, captions as K×L tokens with a tokenizer (in workers)."
     def __init__(self, preprocess, captions, keep, seed, tokenizer=None, **decode_kw):
         self.preprocess, self.mode, self.seed, self.epoch, self.rep = preprocess, caption_mode(captions), seed, 0, 0
         self.keep = None if keep is None else _Keep(keep)
         self.tokenizer, self.truncated, self.decode_kw = tokenizer, 0, decode_kw
-    def _count(self, caps: list, url: str, key: str):
-        if self.tokenizer is None or not (n := n_truncated(self.tokenizer, caps)): return
-        if not self.truncated:
+    def _tokens(self, caps: list, url: str, key: str):
+        "`caps` tokenised (K×L), counting those the tokenizer cuts; `caps` itself without a tokenizer."
+        if self.tokenizer is None: return caps
+        toks, n = tokenize_counted(self.tokenizer, caps)
+        if n and not self.truncated:
             get_logger('clipq.data').warning('captions longer than the tokenizer context are cut (first: %s key %s); '
                                              'counted', url, key)
         self.truncated += n
+        return toks
     def _captions(self, s: Sample, url: str, rng, report: BadSampleReport):
         "The captions of `s` to train on (a selection's choice, else the caption mode's), or None (reported)."
         ci = self.keep(s, url) if self.keep is not None else None
@@ -69,8 +84,7 @@ class _Decode:
         if not caps:
             why = f'selected caption(s) {ci} unusable' if ci is not None else f'no {self.mode} caption'
             report.add('missing_caption', url, s.key, why, skipped=True); return None
-        self._count(caps, url, s.key)
-        return caps
+        return self._tokens(caps, url, s.key)
     def __call__(self, src):
         rng, report = _worker_rng(self.seed, self.epoch, rep=self.rep), BadSampleReport()
         self.rep += 1                                 # the stream restarts within an epoch: draw afresh
@@ -84,14 +98,13 @@ class _Decode:
 
 # %% ../nbs/01e_data.loaders.ipynb #840c5c58
 def collate_pairs(batch: list, tokenizer) -> tuple:
-    "Stack images and tokenise captions: `(B×3×H×W, B×L)`, or `B×C×L` when samples carry several captions."
+    "Stack images and captions (texts or K×L tokens): `(B×3×H×W, B×L)`, or `B×C×L` when samples carry several."
     import torch
     imgs = torch.stack([b[0] for b in batch])
-    caps = [b[1] for b in batch]
-    if all(len(c) == 1 for c in caps): return imgs, tokenizer([c[0] for c in caps])
-    C = max(len(c) for c in caps)
-    toks = tokenizer([c[i % len(c)] for c in caps for i in range(C)])
-    return imgs, toks.view(len(caps), C, -1)
+    toks = [c if isinstance(c, torch.Tensor) else tokenizer(list(c)) for _, c in batch]
+    if all(len(t) == 1 for t in toks): return imgs, torch.cat(toks)
+    C = max(len(t) for t in toks)
+    return imgs, torch.stack([t[torch.arange(C) % len(t)] for t in toks])
 
 # %% ../nbs/01e_data.loaders.ipynb #72b97451
 class _Shuffle:
