@@ -269,7 +269,7 @@ def get_logger(name: str = 'clipq') -> logging.Logger:
 
 # %% ../nbs/00_core.ipynb #4bf61357
 def lazy_reexport(hub: str, parts) -> Callable:
-    "A module `__getattr__` for `hub` serving the public names (`__all__`) of the modules `parts`, imported on first use."
+    "A module `__getattr__` for `hub` serving the public names (`__all__`) of modules `parts`, imported on first use."
     def __getattr__(name: str):
         if not name.startswith('__'):
             for m in parts:

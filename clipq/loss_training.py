@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
 
-from .loss import IMPLS, _acc, _as_scale, _check_pair, _diag_logits, contrastive_loss, pairwise_logsumexp, sigmoid_loss
+from .loss import (IMPLS, _acc, _as_scale, _check_pair, _diag_logits, contrastive_loss, pairwise_logsumexp,
+                        sigmoid_loss)
 
 # %% auto #0
 __all__ = ['all_gather_with_grad', 'gather_features', 'one_way_contrastive_loss', 'distributed_contrastive_loss', 'ClipLoss',
