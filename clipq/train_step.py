@@ -18,7 +18,7 @@ from .loss import (all_gather_with_grad, contrastive_loss, distributed_contrasti
 
 # %% auto #0
 __all__ = ['ClipBatches', 'ClipForward', 'ContrastiveLoss', 'cached_embed', 'ContrastiveAccumulation', 'no_weight_decay',
-           'clip_splitter', 'adamw', 'cosine_lr', 'CosineSchedule', 'LogitScaleClamp']
+           'clip_splitter', 'fused_adamw', 'adamw', 'cosine_lr', 'CosineSchedule', 'LogitScaleClamp']
 
 # %% ../nbs/07c_train_step.ipynb #31df2ff7
 class ClipBatches:
@@ -170,9 +170,16 @@ def clip_splitter(model: nn.Module) -> list[list]:
         if p.requires_grad: groups[no_weight_decay(n, p)].append(p)
     return groups
 
+def fused_adamw(params, **kwargs) -> torch.optim.AdamW:
+    "torch's `AdamW`, fused (one kernel for all tensors) where torch has that kernel: float tensors on CPU or CUDA."
+    groups = list(params)
+    ps = [p for g in groups for p in (g['params'] if isinstance(g, dict) else [g])]
+    fused = bool(ps) and all(p.is_floating_point() and p.device.type in ('cpu', 'cuda') for p in ps)
+    return torch.optim.AdamW(groups, fused=fused, **kwargs)
+
 def adamw(betas=(0.9, 0.98), eps: float = 1e-6):
-    "fastai `opt_func`: torch's AdamW with open_clip's defaults."
-    return partial(OptimWrapper, opt=partial(torch.optim.AdamW, betas=betas, eps=eps))
+    "fastai `opt_func`: torch's AdamW (fused where it can be) with open_clip's defaults."
+    return partial(OptimWrapper, opt=partial(fused_adamw, betas=betas, eps=eps))
 
 # %% ../nbs/07c_train_step.ipynb #0bddc108
 def cosine_lr(step: int, lr: float, warmup: int, total: int) -> float:
