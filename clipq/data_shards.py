@@ -55,6 +55,11 @@ def expand_shards(spec, exts=('.tar', '.tar.gz', '.tgz')) -> list:
 # %% ../nbs/01b_data.shards.ipynb #23ee276a
 _KEY_RE = re.compile(r'^((?:.*/|)[^./]+)\.([^/]*)$')     # webdataset: key = path up to the first dot of the name
 
+def _member_key(name: str) -> tuple | None:
+    "`(key, extension)` of a member that belongs to a sample; None for names webdataset skips (`__*`, no dot)."
+    if (m := _KEY_RE.match(name)) is None or os.path.basename(name).startswith('__'): return None
+    return m.group(1), m.group(2).lower()
+
 # %% ../nbs/01b_data.shards.ipynb #1c719dab
 def _open(url: str):
     "A binary file object for a local path or an fsspec URL."
@@ -62,6 +67,34 @@ def _open(url: str):
         import fsspec
         return fsspec.open(url, 'rb').open()
     return open(url, 'rb')
+
+# %% ../nbs/01b_data.shards.ipynb #59f9089f
+_COMPRESSED = (b'\x1f\x8b', b'BZh', b'\xfd7zXZ\x00', b'(\xb5/\xfd')   # gzip, bzip2, xz, zstd: tarfile's job
+_PLAIN_TYPES = (b'0', b'\x00', b'7', b'5')                              # regular files (0, NUL, 7) and folders (5)
+
+def _octal(field: bytes) -> int:
+    "A tar header's octal number field (NUL/space padded); ValueError if it is not one."
+    return int(field.split(b'\x00', 1)[0].strip() or b'0', 8)
+
+def _plain_members(f) -> Iterator[tuple]:
+    "`(name, data)` of the files of plain tar `f`; returns None at its end block, else the offset left to `tarfile`."
+    B = tarfile.BLOCKSIZE
+    while True:
+        at, h = f.tell(), f.read(B)
+        if len(h) == B and h.count(0) == B: return None
+        try: ok = (len(h) == B and h[156:157] in _PLAIN_TYPES and not h[124] & 0x80 and not any(h[345:500])
+                   and _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256)
+        except ValueError: ok = False
+        if ok:
+            try: size = _octal(h[124:136])
+            except ValueError: ok = False
+        if not ok: f.seek(at); return at
+        name = h[:100].split(b'\x00', 1)[0].decode('utf-8', 'surrogateescape')
+        if h[156:157] == b'5' or name.endswith('/'): f.seek(size + -size % B, 1); continue
+        data = f.read(size)
+        if len(data) < size: f.seek(at); return at
+        f.seek(-size % B, 1)
+        yield name, data
 
 # %% ../nbs/01b_data.shards.ipynb #6bd75fdb
 def _tar_end_ok(tf: tarfile.TarFile) -> bool:
@@ -71,12 +104,30 @@ def _tar_end_ok(tf: tarfile.TarFile) -> bool:
     return len(end) == tarfile.BLOCKSIZE and end.count(0) == tarfile.BLOCKSIZE
 
 # %% ../nbs/01b_data.shards.ipynb #fbc10159
-def _tar_groups(url: str, report: BadSampleReport) -> Iterator[dict]:
+def _tar_groups(url: str, report: BadSampleReport, plain: bool = True) -> Iterator[dict]:
     "Yield `{'__key__', ext: bytes}` groups of consecutive members of tar shard `url`; report truncation."
-    try: f = _open(url); tf = tarfile.open(fileobj=f, mode='r:*')
+    try: f = _open(url); at = None if plain and not f.read(6).startswith(_COMPRESSED) else 0; f.seek(0)
     except Exception as e: report.add('unreadable_shard', url, '', f'{type(e).__name__}: {str(e)[:200]}'); return
     group, last_key = None, ''
-    with f, tf:
+    with f:
+        if at is None:                            # the fast reader first; `tarfile` from where it stops, if not the end
+            it = _plain_members(f)
+            while True:
+                try: name, data = next(it)
+                except StopIteration as stop: at = stop.value; break
+                if (km := _member_key(name)) is None: continue
+                if group is not None and km[0] != group['__key__']: yield group; group = None
+                if group is None: group = {'__key__': km[0]}
+                group[km[1]] = data; last_key = km[0]
+            if at is None:
+                if group is not None: yield group
+                return
+            f.seek(at)
+        try: tf = tarfile.open(fileobj=f, mode='r:*')
+        except Exception as e:
+            if at: report.add('truncated_tar', url, last_key, f'after key {last_key!r}: {e}', skipped=group is not None)
+            else: report.add('unreadable_shard', url, '', f'{type(e).__name__}: {str(e)[:200]}')
+            return
         while True:
             try: ti = tf.next()
             except (tarfile.TarError, OSError, EOFError) as e:
@@ -88,9 +139,8 @@ def _tar_groups(url: str, report: BadSampleReport) -> Iterator[dict]:
                            skipped=group is not None)
                 return
             tf.members = []                       # don't keep every TarInfo of a big shard
-            if not ti.isfile() or (m := _KEY_RE.match(ti.name)) is None or os.path.basename(ti.name).startswith('__'):
-                continue
-            key, ext = m.group(1), m.group(2).lower()
+            if not ti.isfile() or (km := _member_key(ti.name)) is None: continue
+            key, ext = km
             if group is not None and key != group['__key__']: yield group; group = None   # the previous one is complete
             try: data = tf.extractfile(ti).read()
             except (tarfile.TarError, OSError, EOFError) as e:
