@@ -43,9 +43,9 @@ def tokenize_counted(tokenizer, texts: list) -> tuple:
     if not hasattr(tokenizer, 'encode') or None in (L, sot, eot) or getattr(tokenizer, 'reduction_fn', None):
         return tokenizer(list(texts)), n_truncated(tokenizer, texts)
     ids = [[sot, *tokenizer.encode(t), eot] for t in texts]
-    out = torch.zeros(len(ids), L, dtype=torch.long)
-    for row, t in zip(out, ids): row[:min(L, len(t))] = torch.tensor(t[:L - 1] + [eot] if len(t) > L else t)
-    return out, sum(len(t) > L for t in ids)
+    rows = [t if len(t) <= L else t[:L - 1] + [eot] for t in ids]               # cut: the end token stays last
+    toks = torch.tensor([r + [0] * (L - len(r)) for r in rows], dtype=torch.long).view(len(rows), L)
+    return toks, sum(len(t) > L for t in ids)
 
 # %% ../nbs/01e_data.loaders.ipynb #a974036f
 def _worker_rng(seed: int, epoch: int = 0, stream: int = 0, rep: int = 0) -> np.random.Generator:
