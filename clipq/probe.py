@@ -5,6 +5,7 @@
 # %% ../nbs/11a_reproduce.probe.ipynb #c7f4ea1b
 from __future__ import annotations
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -14,11 +15,12 @@ import torch.nn.functional as F
 from .backbones import DenseBackbone, ViTBackbone
 from .dense_augment import CLIP_MEAN, CLIP_STD, DenseDataset, data_info, eval_transform, list_items, subset_indices
 from .dense_data import check_items
-from .dense_metrics import depth_metrics, seg_metrics
+from .dense_metrics import DepthMetric, SegMetric
 from .dense_train import load_backbone
 
 # %% auto #0
-__all__ = ['probe_features', 'ProbeData', 'extract', 'patch_targets', 'fit_probe', 'probe_predict', 'linear_probe']
+__all__ = ['probe_features', 'ProbeData', 'stream_features', 'extract', 'patch_targets', 'fit_probe', 'probe_predict',
+           'linear_probe']
 
 # %% ../nbs/11a_reproduce.probe.ipynb #f2070683
 @torch.no_grad()
@@ -42,8 +44,9 @@ class ProbeData:
     targets: list
 
 @torch.no_grad()
-def extract(backbone: DenseBackbone, data, task: str, split: str = 'train', protocol='auto', bs: int = 32) -> ProbeData:
-    "Features of `backbone` and the targets of every image of `split` of `data` (a synthetic world, ADE20k or NYUv2)."
+def stream_features(backbone: DenseBackbone, data, task: str, split: str = 'train', protocol='auto', bs: int = 32,
+                    only=None) -> Iterator[tuple]:
+    "`(index, features (C, h, w), target (H, W))` per image of `split` of `data` (those in `only`), in batches of `bs`."
     p = data_info(data, task, protocol)
     kw = dict(num_classes=p.get('num_classes'), reduce_zero_label=p.get('reduce_zero_label', False))
     items = list_items(data, task, split)
@@ -51,14 +54,19 @@ def extract(backbone: DenseBackbone, data, task: str, split: str = 'train', prot
     cfg = getattr(backbone.trunk, 'pretrained_cfg', None) or {}
     ds = DenseDataset(items, task, eval_transform(p.get('eval_scale'), cfg.get('mean', CLIP_MEAN),
                                                   cfg.get('std', CLIP_STD)), **kw)
-    feats, targets = [], []
-    for i in range(0, len(ds), bs):
-        imgs, tgts = zip(*(ds[j] for j in range(i, min(i + bs, len(ds)))))
+    idx = [i for i in range(len(ds)) if only is None or i in only]
+    for b in range(0, len(idx), bs):
+        ids = idx[b:b + bs]
+        imgs, tgts = zip(*(ds[j] for j in ids))
         same = len({t.shape for t in imgs}) == 1
         fs = (probe_features(backbone, torch.stack(imgs)) if same
               else [probe_features(backbone, m[None])[0] for m in imgs])
-        feats += list(fs); targets += [t if task == 'seg' else t[0] for t in tgts]
-    return ProbeData(feats, targets)
+        yield from ((i, f, t if task == 'seg' else t[0]) for i, f, t in zip(ids, fs, tgts))
+
+def extract(backbone: DenseBackbone, data, task: str, split: str = 'train', protocol='auto', bs: int = 32) -> ProbeData:
+    "Features of `backbone` and the targets of every image of `split` of `data`, in memory (a small data set)."
+    got = list(stream_features(backbone, data, task, split, protocol, bs))
+    return ProbeData([f for _, f, _ in got], [t for _, _, t in got])
 
 # %% ../nbs/11a_reproduce.probe.ipynb #98b6dbcc
 def patch_targets(target: torch.Tensor, grid: tuple, task: str, num_classes: int | None = None,
@@ -110,30 +118,33 @@ def probe_predict(probe: dict, feats: torch.Tensor, size: tuple, max_depth: floa
     return out.argmax(0) if probe['task'] == 'seg' else out[0].exp().clamp(1e-3, max_depth)
 
 # %% ../nbs/11a_reproduce.probe.ipynb #3d9d2189
-def _rows(data: ProbeData, idx, task: str, num_classes) -> tuple[torch.Tensor, torch.Tensor]:
-    "Stacked probe rows (features, targets) of the images `idx`."
-    Xs, Ys = [], []
-    for i in idx:
-        f = data.feats[i]
-        y, keep = patch_targets(data.targets[i], f.shape[-2:], task, num_classes)
-        Xs.append(f.flatten(1).T[keep]); Ys.append(y[keep])
-    return torch.cat(Xs), torch.cat(Ys)
+def _cells(feats: torch.Tensor, target: torch.Tensor, task: str, num_classes, cap: int | None, seed: int) -> tuple:
+    "Probe rows `(features, targets)` of one image: its labelled cells, at most `cap` of them (a seeded choice)."
+    y, keep = patch_targets(target, feats.shape[-2:], task, num_classes)
+    x, y = feats.flatten(1).T[keep], y[keep]
+    if cap is not None and len(x) > cap:
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:cap]
+        x, y = x[pick], y[pick]
+    return x, y
 
 def linear_probe(backbone, data, task: str, fractions=(1.0,), seeds=(0,), arch: str | None = None,
-                 protocol='auto', l2: float = 1e-4) -> pd.DataFrame:
+                 protocol='auto', l2: float = 1e-4, max_rows: int | None = None) -> pd.DataFrame:
     "Frozen-feature linear probes of `backbone` (name, checkpoint or module) for `task`: a row per (fraction, seed)."
     bb = backbone if isinstance(backbone, DenseBackbone) else load_backbone(backbone, arch)[0]
     p = data_info(data, task, protocol)
     nc, max_depth = p.get('num_classes'), p.get('max_depth', 10.0)
-    tr, va = extract(bb, data, task, 'train', protocol), extract(bb, data, task, 'val', protocol)
-    rows = []
-    for f in fractions:
-        for s in seeds:
-            idx = subset_indices(len(tr.feats), f, s)
-            pr = fit_probe(*_rows(tr, idx, task, nc), task, l2)
-            preds = [probe_predict(pr, x, t.shape, max_depth) for x, t in zip(va.feats, va.targets)]
-            m = (seg_metrics(preds, va.targets, nc) if task == 'seg' else
-                 depth_metrics(preds, va.targets, max_depth=max_depth, eigen_crop=p.get('eigen_crop', True)))
-            rows.append(dict(task=task, fraction=f, seed=s, n_train=len(idx),
-                             **{k: float(v) for k, v in m.items() if np.ndim(v) == 0}))
-    return pd.DataFrame(rows)
+    n = len(list_items(data, task, 'train'))
+    subsets = {(f, s): subset_indices(n, f, s) for f in fractions for s in seeds}
+    used = set().union(*map(set, subsets.values()))
+    cap = None if max_rows is None else max(1, max_rows // len(used))
+    rows = {i: _cells(x, t, task, nc, cap, i) for i, x, t in stream_features(bb, data, task, 'train', protocol,
+                                                                             only=used)}
+    metric = lambda: (SegMetric(nc) if task == 'seg' else
+                      DepthMetric(max_depth=max_depth, eigen_crop=p.get('eigen_crop', True)))
+    fits = {k: (fit_probe(torch.cat([rows[i][0] for i in idx]), torch.cat([rows[i][1] for i in idx]), task, l2),
+                metric()) for k, idx in subsets.items()}
+    for _, x, t in stream_features(bb, data, task, 'val', protocol):
+        for pr, m in fits.values(): m.update([probe_predict(pr, x, t.shape, max_depth)], [t])
+    return pd.DataFrame([dict(task=task, fraction=f, seed=s, n_train=len(subsets[f, s]),
+                              **{k: float(v) for k, v in m.compute().items() if np.ndim(v) == 0})
+                         for (f, s), (_, m) in fits.items()])

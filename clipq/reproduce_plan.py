@@ -14,7 +14,7 @@ import pandas as pd
 from .core import atomic_write, get_logger
 
 # %% auto #0
-__all__ = ['SCALES', 'MAIN_ALT_RULE', 'Step', 'run_plan', 'Scale', 'choose_alt_noise', 'plan_steps']
+__all__ = ['SCALES', 'MAIN_ALT_RULE', 'PROBE_ROWS', 'Step', 'run_plan', 'Scale', 'choose_alt_noise', 'plan_steps']
 
 # %% ../nbs/11b_reproduce.plan.ipynb #70073eaa
 @dataclass
@@ -199,12 +199,12 @@ def _finetune(folder: Path, deps: dict, task: str, world: str, tower: str, fract
 
 # %% ../nbs/11b_reproduce.plan.ipynb #62f9bbbc
 def _probe(folder: Path, deps: dict, dense: dict, tower: str, fractions: tuple, seeds: tuple,
-           pretrain: str | None = None) -> dict:
+           pretrain: str | None = None, max_rows: int | None = None) -> dict:
     "Linear probes of `pretrain`'s frozen backbone (random init: the tower's name) for both tasks: their rows."
     from clipq.dense_train import load_backbone
     from clipq.probe import linear_probe
     bb = load_backbone(deps[pretrain]['checkpoint'] if pretrain else tower, tower)[0]
-    rows = [linear_probe(bb, deps[w]['path'], task, fractions, seeds) for task, w in dense.items()]
+    rows = [linear_probe(bb, deps[w]['path'], task, fractions, seeds, max_rows=max_rows) for task, w in dense.items()]
     return {'rows': pd.concat(rows).to_dict('records')}
 
 # %% ../nbs/11b_reproduce.plan.ipynb #5d739d8b
@@ -265,6 +265,8 @@ def _pretrain_steps(sc: Scale, tower: str, pools: dict) -> tuple[list[Step], dic
     return steps, dict(arms, random=None)
 
 # %% ../nbs/11b_reproduce.plan.ipynb #2bc56cb6
+PROBE_ROWS = 200_000   # feature cells per probe on real data: 0.6 GB of ViT-B/16 features, a few GB while it fits
+
 def plan_steps(sc: Scale, towers=None, shards: str | None = None, ade: str | None = None,
                nyu: str | None = None) -> list[Step]:
     "Every step of the reproduction at scale `sc` (synthetic worlds, or real `shards` + `ade`/`nyu` folders)."
@@ -273,9 +275,10 @@ def plan_steps(sc: Scale, towers=None, shards: str | None = None, ade: str | Non
     for t in towers or sc.towers:
         pre, arms[t] = _pretrain_steps(sc, t, pools)
         steps += pre
-    if sc.probe and not (ade or nyu):                # probes keep every feature map in memory: the miniature only
+    if sc.probe:
+        rows = PROBE_ROWS if ade or nyu else None    # real data: a bounded number of feature cells per probe
         steps += [Step(f'probe/{_tower_label(t)}/{label}', _probe, dict(dense=dense, tower=t, fractions=sc.fractions,
-                                                                        seeds=sc.seeds, pretrain=pid),
+                                                                        seeds=sc.seeds, pretrain=pid, max_rows=rows),
                        tuple(dict.fromkeys(dense.values())) + ((pid,) if pid else ()), cost=(sc.n_dense or sc.n) / 100)
                   for t in arms for label, pid in arms[t].items()]
     iters = {'seg': sc.seg_iters, 'depth': sc.depth_iters}

@@ -247,5 +247,8 @@ def test_reproduce_real_data_path_on_synthetic_layouts(tmp_path):
     for f in fts:
         c = json.loads((f.parent/'ft'/'config.json').read_text())
         assert c['data'] == (cfg['ade'] if c['task'] == 'seg' else cfg['nyu'])
+    probes = sorted(runs.glob('probe/*/*/result.json'))
+    assert len(probes) == 6                      # a frozen-feature probe of each backbone, with PROBE_ROWS rows at most
+    assert all({r['task'] for r in json.loads(f.read_text())['rows']} == {'seg', 'depth'} for f in probes)
     readme = (out/'results'/'README.md').read_text()
     for arm in ('clip-quality', 'clip-alt', 'clip-filtered', 'mae', 'supervised', 'random'): assert f'| {arm} |' in readme
