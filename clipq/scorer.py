@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .core import default_device, autocast_ctx, autocast_dtype, get_logger, lazy_reexport
-from .data import n_truncated as _n_truncated
+from .data import n_truncated as _n_truncated, tokenize_counted
 from .models import load_clip, resolve_clip_name, weights_hash
 
 # %% auto #0
@@ -167,8 +167,8 @@ def pack(self: Scorer, samples: list, references=None) -> dict:
         if references is not None:
             r = references(s) if callable(references) else references.get(s.key, [])
             refs += list(r); ref_owner += [i]*len(r)
-    b['tokens'] = self.tokenize(b['caption']) if b['caption'] else None
-    b['truncated'] = self.n_truncated(b['caption'])
+    b['tokens'], b['truncated'] = (tokenize_counted(self.tokenizer, self.texts(b['caption'])) if b['caption']
+                                   else (None, 0))          # each caption encoded once: tokens and the cut count
     b['has_refs'] = references is not None
     b['ref_tokens'] = self.tokenize(refs) if refs else None
     b['ref_owner'] = ref_owner
