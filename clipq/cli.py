@@ -4,134 +4,14 @@
 
 # %% ../nbs/10_cli.ipynb #3bb2618c
 from __future__ import annotations
-import argparse, importlib, importlib.util, inspect, json, re, signal, sys, threading, typing, warnings
+import argparse, inspect, re, signal, sys, threading, warnings
 from pathlib import Path
 
 from . import __version__
+from .cli_options import _COMMANDS, _available, _function, _generated, _handwritten, command, from_function
 
 # %% auto #0
-__all__ = ['command', 'from_function', 'load_config', 'Parser', 'build_parser', 'one_line', 'main']
-
-# %% ../nbs/10_cli.ipynb #5a4499b4
-_COMMANDS: dict = {}    # name -> (one-line help, description or None, builder function or 'module:function')
-
-def command(name: str, help: str, description: str):
-    "Register `build(parser)` as the argument builder of subcommand `name`; `build` returns the function to run."
-    def deco(build):
-        _COMMANDS[name] = (help, description, build)
-        return build
-    return deco
-
-# %% ../nbs/10_cli.ipynb #cb83fb09
-def from_function(name: str, target: str, help: str):
-    "Register subcommand `name` generated from the signature of `target`, a `'module:function'` string."
-    _COMMANDS[name] = (help, None, target)
-
-def _available(name: str) -> bool:
-    "Whether subcommand `name` can run here (a generated one needs its module to exist; nothing is imported)."
-    target = _COMMANDS[name][2]
-    if not isinstance(target, str): return True
-    mod = target.split(':')[0]
-    return mod in sys.modules or importlib.util.find_spec(mod) is not None
-
-# %% ../nbs/10_cli.ipynb #2e891b5d
-_SIMPLE = (str, int, float, Path)
-
-def _cli_type(annotation):
-    "`(element type, takes several values, choices)` of an annotation, or None when the CLI cannot express it."
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal: return type(args[0]), False, list(args)
-    if origin in (list, tuple, typing.Sequence, getattr(__import__('collections.abc').abc, 'Sequence')):
-        return (args[0] if args and args[0] in _SIMPLE else str), True, None
-    if args and len(args) == 1 and origin is not None: return _cli_type(args[0])      # X | None
-    if annotation in _SIMPLE or annotation is bool: return annotation, False, None
-    if annotation is inspect.Parameter.empty: return str, False, None
-    return None
-
-# %% ../nbs/10_cli.ipynb #cf461784
-def _add_options(p: argparse.ArgumentParser, fn) -> list[str]:
-    "Add one option per parameter of `fn` to parser `p`; returns the names of the parameters exposed."
-    from fastcore.docments import docments
-    docs, hints, names = docments(fn), typing.get_type_hints(fn), []
-    for name, prm in inspect.signature(fn).parameters.items():
-        if prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD): continue
-        t = _cli_type(hints.get(name, inspect.Parameter.empty))
-        if t is None: continue
-        typ, many, choices = t
-        default, help = prm.default, (docs.get(name) or '').strip().replace('%', '%%')   # argparse formats help with %
-        kw, flag = dict(help=help, choices=choices), f"--{name.replace('_', '-')}"
-        if prm.default is prm.empty and prm.kind != prm.KEYWORD_ONLY:
-            p.add_argument(name, nargs='*' if many else '?', type=typ, default=None, **kw)
-        elif typ is bool and default is None:                   # --x / --no-x; neither: the function decides
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
-        elif typ is bool:
-            flag = f"--{'no-' if default else ''}{name.replace('_', '-')}"
-            p.add_argument(flag, dest=name, action='store_false' if default else 'store_true', default=default,
-                           help=help)
-        else:
-            if default is prm.empty: default = None                      # a required option (checked after --config)
-            elif default is not None and default != (): kw['help'] = f"{help} (default: {default})".strip()
-            p.add_argument(flag, dest=name, type=typ, nargs='+' if many else None, default=default,
-                           metavar=name.upper(), **kw)
-        names.append(name)
-    return names
-
-# %% ../nbs/10_cli.ipynb #639c191a
-def load_config(path: str | Path) -> dict:
-    "The mapping in JSON or YAML file `path` (keys with `-` are read as `_`)."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text(encoding='utf-8')
-    if path.suffix.lower() in ('.yml', '.yaml'):
-        import yaml
-        d = yaml.safe_load(text)
-    else:
-        try: d = json.loads(text)
-        except json.JSONDecodeError as e: raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict): raise ValueError(f"config file {path} must hold a mapping of option names to values")
-    return {str(k).replace('-', '_'): v for k, v in d.items()}
-
-# %% ../nbs/10_cli.ipynb #a324e283
-_CONFIG_HELP = 'JSON/YAML file of option values; the command line overrides it'
-
-def _apply_config(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str], names: list[str]):
-    "`a`, or `argv` parsed again by `p` with the values of the config file `a.config` (keys among `names`) as defaults."
-    if not a.config: return a
-    cfg = load_config(a.config)
-    if bad := sorted(set(cfg) - set(names)): raise ValueError(f"{a.config}: unknown options {bad}; known: {names}")
-    p.set_defaults(**cfg)
-    return p.parse_args(argv)
-
-# %% ../nbs/10_cli.ipynb #62aeef9e
-def _function(target: str):
-    mod, fn = target.split(':')
-    return getattr(importlib.import_module(mod), fn)
-
-def _generated(p: argparse.ArgumentParser, target: str):
-    "Add `target`'s options (+ `--config`) to `p`; return the function that runs it with parsed arguments."
-    fn = _function(target)
-    names = _add_options(p, fn)
-    p.add_argument('--config', metavar='FILE', help=_CONFIG_HELP)
-    required = [n for n in names if inspect.signature(fn).parameters[n].default is inspect.Parameter.empty]
-    def run(a, argv):
-        a = _apply_config(p, a, argv, names)
-        kw = {n: getattr(a, n) for n in names}
-        if missing := [n for n in required if kw[n] in (None, [])]:
-            raise ValueError(f"the following arguments are required: {', '.join(missing)}")
-        if 'device' in kw:
-            from clipq.core import check_device                  # torch is imported only now
-            check_device(kw['device'])
-        return fn(**kw)
-    return run
-
-# %% ../nbs/10_cli.ipynb #4edfca81
-def _handwritten(p: argparse.ArgumentParser, build):
-    "Add the options of hand-written subcommand `build` (+ `--config`) to `p`; return the function that runs it."
-    run = build(p)
-    p.add_argument('--config', metavar='FILE', help=_CONFIG_HELP)
-    names = [x.dest for x in p._actions if x.dest not in ('help', 'config')]
-    return lambda a, argv: run(_apply_config(p, a, argv, names), argv)
+__all__ = ['Parser', 'build_parser', 'one_line', 'main']
 
 # %% ../nbs/10_cli.ipynb #4fe9be57
 @command('synth', help='write the built-in synthetic world (shards, parquet, ADE20k/NYUv2 layouts)',
