@@ -103,54 +103,54 @@ def _tar_end_ok(tf: tarfile.TarFile) -> bool:
     end = tf.fileobj.read(tarfile.BLOCKSIZE)
     return len(end) == tarfile.BLOCKSIZE and end.count(0) == tarfile.BLOCKSIZE
 
+# %% ../nbs/01b_data.shards.ipynb #4fcbedf1
+def _members(f, plain: bool = True) -> Iterator[tuple]:
+    "`(key, ext, data)` of the sample members of tar stream `f`; returns None at its end, else what stopped it."
+    try: at = None if plain and not f.read(6).startswith(_COMPRESSED) else 0; f.seek(0)
+    except Exception as e: return 'unreadable', e
+    if at is None:                                # the fast reader first; `tarfile` from where it stops, if not the end
+        it = _plain_members(f)
+        while True:
+            try: name, data = next(it)
+            except StopIteration as stop: at = stop.value; break
+            if (km := _member_key(name)) is not None: yield *km, data
+        if at is None: return None
+        f.seek(at)
+    try: tf = tarfile.open(fileobj=f, mode='r:*')
+    except Exception as e: return ('after', e) if at else ('unreadable', e)
+    while True:
+        try: ti = tf.next()
+        except (tarfile.TarError, OSError, EOFError) as e: return 'after', e
+        if ti is None: return None if _tar_end_ok(tf) else ('end', None)
+        tf.members = []                           # don't keep every TarInfo of a big shard
+        if not ti.isfile() or (km := _member_key(ti.name)) is None: continue
+        try: data = tf.extractfile(ti).read()
+        except (tarfile.TarError, OSError, EOFError) as e: return 'member', km[0], f'member {ti.name}: {e}'
+        if len(data) != ti.size: return 'member', km[0], f'member {ti.name}: {len(data)} of {ti.size} bytes'
+        yield *km, data
+
 # %% ../nbs/01b_data.shards.ipynb #fbc10159
 def _tar_groups(url: str, report: BadSampleReport, plain: bool = True) -> Iterator[dict]:
     "Yield `{'__key__', ext: bytes}` groups of consecutive members of tar shard `url`; report truncation."
-    try: f = _open(url); at = None if plain and not f.read(6).startswith(_COMPRESSED) else 0; f.seek(0)
+    try: f = _open(url)
     except Exception as e: report.add('unreadable_shard', url, '', f'{type(e).__name__}: {str(e)[:200]}'); return
-    group, last_key = None, ''
+    group, last_key, it = None, '', _members(f, plain)
     with f:
-        if at is None:                            # the fast reader first; `tarfile` from where it stops, if not the end
-            it = _plain_members(f)
-            while True:
-                try: name, data = next(it)
-                except StopIteration as stop: at = stop.value; break
-                if (km := _member_key(name)) is None: continue
-                if group is not None and km[0] != group['__key__']: yield group; group = None
-                if group is None: group = {'__key__': km[0]}
-                group[km[1]] = data; last_key = km[0]
-            if at is None:
-                if group is not None: yield group
-                return
-            f.seek(at)
-        try: tf = tarfile.open(fileobj=f, mode='r:*')
-        except Exception as e:
-            if at: report.add('truncated_tar', url, last_key, f'after key {last_key!r}: {e}', skipped=group is not None)
-            else: report.add('unreadable_shard', url, '', f'{type(e).__name__}: {str(e)[:200]}')
-            return
         while True:
-            try: ti = tf.next()
-            except (tarfile.TarError, OSError, EOFError) as e:
-                report.add('truncated_tar', url, last_key, f'after key {last_key!r}: {e}', skipped=group is not None)
-                return
-            if ti is None:
-                if _tar_end_ok(tf): break
-                report.add('truncated_tar', url, last_key, f'no end-of-archive marker after key {last_key!r}',
-                           skipped=group is not None)
-                return
-            tf.members = []                       # don't keep every TarInfo of a big shard
-            if not ti.isfile() or (km := _member_key(ti.name)) is None: continue
-            key, ext = km
+            try: key, ext, data = next(it)
+            except StopIteration as stop: stopped = stop.value; break
             if group is not None and key != group['__key__']: yield group; group = None   # the previous one is complete
-            try: data = tf.extractfile(ti).read()
-            except (tarfile.TarError, OSError, EOFError) as e:
-                report.add('truncated_tar', url, key, f'member {ti.name}: {e}', skipped=True); return
-            if len(data) != ti.size:
-                report.add('truncated_tar', url, key, f'member {ti.name}: {len(data)} of {ti.size} bytes', skipped=True)
-                return
             if group is None: group = {'__key__': key}
             group[ext] = data; last_key = key
-        if group is not None: yield group
+    kind, *info = stopped or (None,)
+    cut = group is not None                       # a sample in progress is lost
+    if kind == 'unreadable': report.add('unreadable_shard', url, '', f'{type(info[0]).__name__}: {str(info[0])[:200]}')
+    elif kind == 'after': report.add('truncated_tar', url, last_key, f'after key {last_key!r}: {info[0]}', skipped=cut)
+    elif kind == 'end':
+        report.add('truncated_tar', url, last_key, f'no end-of-archive marker after key {last_key!r}', skipped=cut)
+    else:                                         # the end, or a member cut short: the samples before it are whole
+        if cut and (kind is None or group['__key__'] != info[0]): yield group
+        if kind == 'member': report.add('truncated_tar', url, info[0], info[1], skipped=True)
 
 # %% ../nbs/01b_data.shards.ipynb #e3e011a3
 def read_wds(shards, report: BadSampleReport | None = None, keep_raw: bool = False, **decode_kw) -> Iterator[Sample]:
